@@ -1,0 +1,168 @@
+//! The tenant config (`--tenant-config FILE`, TOML): tenant id, token lifetime, registered apps.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
+
+/// The simulated tenant's identity and its registered applications.
+///
+/// ```toml
+/// tenant_id = "8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11"
+/// token_lifetime_secs = 3599          # optional, default 3599
+/// [[apps]]
+/// client_id = "0f6d1d5e-7a43-4c55-9d0e-2b7f4c1a9e01"
+/// client_secret = "s3cret"
+/// display_name = "m365bk"             # optional, default "m365bk"
+/// admin_consent = true                # optional, default true; false → no `roles` claim
+/// roles = ["Mail.Read", "User.Read.All"]
+/// ```
+///
+/// Unknown keys are rejected, so a misspelt key fails loudly instead of being ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The directory (tenant) id, a GUID; the token endpoint answers only under this id.
+    pub tenant_id: String,
+    /// Lifetime of issued access tokens, in seconds (`expires_in`).
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+    /// Registered applications (service principals) allowed to request tokens.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// One app registration with a client secret and its granted application permissions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Application (client) id, a GUID.
+    pub client_id: String,
+    /// The client secret value.
+    pub client_secret: String,
+    /// `app_displayname` claim.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Whether an administrator granted consent; without it tokens carry no `roles` claim.
+    #[serde(default = "default_true")]
+    pub admin_consent: bool,
+    /// Application permissions (app roles) granted, e.g. `Mail.Read`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn default_token_lifetime() -> u64 {
+    DEFAULT_TOKEN_LIFETIME_SECS
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl TenantConfig {
+    /// Parses and validates a config from TOML text.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending key when the text is not valid TOML, has unknown
+    /// keys, or a value breaks a rule (ids must be GUIDs, client ids unique, secrets non-empty,
+    /// token lifetime at least 1 second).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: TenantConfig = toml::from_str(text).map_err(|e| Error::Config {
+            path: None,
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| Error::Config {
+            path: None,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// [`Error::ConfigRead`] when the file cannot be read, [`Error::Config`] as for
+    /// [`TenantConfig::from_toml`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Config { message, .. } => Error::Config {
+                path: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if uuid::Uuid::parse_str(&self.tenant_id).is_err() {
+            return Err(format!(
+                "tenant_id {:?} is not a GUID (expected e.g. \"8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11\")",
+                self.tenant_id
+            ));
+        }
+        if self.token_lifetime_secs == 0 {
+            return Err("token_lifetime_secs must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if uuid::Uuid::parse_str(&app.client_id).is_err() {
+                return Err(format!(
+                    "apps[{i}].client_id {:?} is not a GUID",
+                    app.client_id
+                ));
+            }
+            if !seen.insert(app.client_id.to_ascii_lowercase()) {
+                return Err(format!(
+                    "apps[{i}].client_id {} is listed twice",
+                    app.client_id
+                ));
+            }
+            if app.client_secret.is_empty() {
+                return Err(format!("apps[{i}].client_secret must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+tenant_id = "8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11"
+[[apps]]
+client_id = "0f6d1d5e-7a43-4c55-9d0e-2b7f4c1a9e01"
+client_secret = "x"
+roles = ["Mail.Read"]
+"#;
+
+    #[test]
+    fn defaults_apply() {
+        let c = TenantConfig::from_toml(GOOD).unwrap();
+        assert_eq!(c.token_lifetime_secs, 3599);
+        assert!(c.apps[0].admin_consent);
+        assert_eq!(c.apps[0].roles, vec!["Mail.Read".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("roles =", "rolez =");
+        let err = TenantConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("rolez"), "{err}");
+    }
+
+    #[test]
+    fn non_guid_tenant_is_rejected() {
+        let text = GOOD.replace("8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11", "contoso");
+        let err = TenantConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("tenant_id"), "{err}");
+    }
+}

@@ -1,0 +1,94 @@
+//! A local Microsoft 365 tenant for m365bk's tests: the other side of the wire.
+//!
+//! It serves the Microsoft identity platform's token endpoint and the Microsoft Graph v1.0
+//! endpoints m365bk's first slice uses, following Microsoft's documented wire format
+//! (property names, paging, delta tokens, error bodies), and enforces Microsoft's
+//! per-endpoint application permissions. It depends on no other m365bk crate.
+//!
+//! # Main types
+//! - [`SimOptions`] (corpus directory, [`TenantConfig`], listen address) → [`serve`] →
+//!   [`RunningSim`] (`base_url`, stop handle). The binary `m365bk-tenant-sim` wraps the same.
+//! - [`TenantConfig`]: TOML with `tenant_id`, `token_lifetime_secs` and `[[apps]]`
+//!   (`client_id`, `client_secret`, `display_name`, `admin_consent`, `roles`); unknown keys
+//!   are errors.
+//! - [`QuickXorHash`]: OneDrive's content hash, as reported in `file.hashes.quickXorHash`.
+//!
+//! # Corpus (`--corpus DIR`)
+//! `DIR/users/<upn>/user.json` (optional directory properties), `…/mail/<Folder>/…/*.eml`
+//! (folders; top-level `Inbox`, `Sent Items`, `Drafts`, `Archive`, `Deleted Items`,
+//! `Junk Email`, `Outbox`, `Conversation History` are Outlook's well-known folders, which every
+//! mailbox has), `…/drive/<tree>` (OneDrive), `…/calendar/**/*.ics` (events of the default
+//! calendar). Contacts are derived from the From/To addresses of each user's messages, in the
+//! default Contacts folder. Ids are hashes of (UPN, path): two runs give the same ids. Seeded
+//! bytes stay on disk and are read on demand; run-time writes live in memory.
+//!
+//! # HTTP surface (base URL `B`)
+//! - `POST B/{tenant}/oauth2/v2.0/token` — client credentials; `scope` must be exactly
+//!   `<resource>/.default` for `https://graph.microsoft.com`, `https://outlook.office365.com`
+//!   or `https://<name>.sharepoint.com`. HS256 JWTs with v1.0 app-only claims; `roles` omitted
+//!   without admin consent. AADSTS errors: 90002 (tenant), 900144 (missing parameter), 70003
+//!   (grant type), 700016 (client), 7000215 (secret), 7000218 (no credential), 1002012 (scope
+//!   shape), 70011 (unknown resource).
+//! - `B/v1.0/…` — every request needs a Graph bearer token (401 `InvalidAuthenticationToken`
+//!   otherwise) and is matched to a template of Microsoft's `endpointIndex` (plus the
+//!   overrides in `permissions.rs`); a token without a granting role gets the 403 of the
+//!   workload (`ErrorAccessDenied`, `accessDenied`, `Authorization_RequestDenied`). Responses
+//!   carry `request-id` and `client-request-id`. Served: users (list/get), mailFolders
+//!   (list/get/childFolders/create), messages (list, get, `$value`, delta, create from MIME or
+//!   JSON), mailboxSettings, contactFolders (list = folders inside the default Contacts folder,
+//!   as Graph documents; get; create), contacts (list, get, delta, create), calendars (list,
+//!   get, create), events (list, get, create), calendarView delta, drive (get), driveItems
+//!   (get by id or `:/path:`, children, delta, content → 302, create folder, simple upload,
+//!   createUploadSession, PATCH rename/move, DELETE).
+//! - Delta follows Graph: `Prefer: odata.maxpagesize=N` applies per request (re-send it on
+//!   nextLinks), `Preference-Applied` echoes it; `@odata.nextLink` carries `$skiptoken` (drive:
+//!   `token`), the last page `@odata.deltaLink`; later rounds return changes and removals
+//!   (`@removed` for Exchange, the `deleted` facet for OneDrive). Moved messages get new ids.
+//! - `B/_download/{token}` (Range, 206/416) and `B/_upload/{id}` (320 KiB fragment rule,
+//!   416 on overlap) are pre-authenticated.
+//! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
+//!   `seq, method, path, status, app_id, authorization_header, bytes_out`; `/_sim/` calls are
+//!   not logged), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,
+//!   `POST B/_sim/admin/users/{upn}/messages?folder=A/B` (raw MIME),
+//!   `POST …/messages/{id}/move?folder=…`, `DELETE …/messages/{id}`,
+//!   `PUT|DELETE B/_sim/admin/users/{upn}/drive/{path}`, `GET B/_sim/admin/users/{upn}/export`.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> m365bk_tenant_sim::Result<()> {
+//! use m365bk_tenant_sim::{serve, SimOptions, TenantConfig};
+//! let tenant = TenantConfig::from_toml(r#"
+//!     tenant_id = "8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11"
+//!     [[apps]]
+//!     client_id = "0f6d1d5e-7a43-4c55-9d0e-2b7f4c1a9e01"
+//!     client_secret = "s3cret"
+//!     roles = ["Mail.Read", "User.Read.All"]
+//! "#)?;
+//! let sim = serve(SimOptions::new("corpus", tenant)).await?;
+//! println!("token endpoint: {}", sim.token_url());
+//! sim.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod config;
+mod corpus;
+mod delta;
+mod error;
+mod graph;
+mod ics;
+mod ids;
+mod mime;
+mod permissions;
+mod quickxor;
+mod request_log;
+mod server;
+mod tenant;
+mod token;
+mod transfer;
+mod wire;
+
+pub use config::{AppConfig, TenantConfig};
+pub use error::{Error, Result};
+pub use quickxor::QuickXorHash;
+pub use server::{serve, RunningSim, SimOptions};

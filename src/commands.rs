@@ -1,0 +1,700 @@
+//! The commands: each resolves settings, then runs, then maps its outcome to an exit code.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use m365bk_gate::{
+    authorize, AuthorizedJob, GateContext, ItemType, JobSpec, Operation, PermissionMatrix, Service,
+    UserSelection,
+};
+use m365bk_graph::{
+    ClientSecretCredential, Endpoints, GraphClient, HttpClient, HttpOptions, TokenProvider,
+};
+use m365bk_store::{Catalog, CheckOptions, Item, JobRun, Repository, Snapshot};
+use serde_json::json;
+
+use crate::cli::{BackupArgs, Command, Opts, PermissionsCommand, RepairCommand, RestoreArgs};
+use crate::config::{ConfigError, Settings};
+use crate::exit::ExitCode;
+
+/// Runs one command; never panics on bad input: every failure becomes a logged error and an
+/// exit code.
+pub async fn run(opts: Opts) -> ExitCode {
+    if let Command::Permissions {
+        command: PermissionsCommand::List,
+    } = &opts.command
+    {
+        print_matrix(opts.json);
+        return ExitCode::Success;
+    }
+    let settings = match Settings::load(&opts.config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("m365bk: {e}");
+            return ExitCode::Config;
+        }
+    };
+    let result = match &opts.command {
+        Command::Init => init(&settings).await,
+        Command::Backup(args) => backup(&settings, args, opts.json).await,
+        Command::Snapshots { service } => snapshots(&settings, service.as_deref(), opts.json).await,
+        Command::Ls { snapshot } => ls(&settings, snapshot, opts.json).await,
+        Command::Restore(args) => restore(&settings, args, opts.json).await,
+        Command::Permissions {
+            command:
+                PermissionsCommand::Check {
+                    service,
+                    operation,
+                    items,
+                    conditions,
+                },
+        } => permissions_check(&settings, service, operation, items, conditions, opts.json).await,
+        Command::Permissions {
+            command: PermissionsCommand::List,
+        } => unreachable!("handled above"),
+        Command::Check { read_data } => check(&settings, *read_data, opts.json).await,
+        Command::Repair {
+            command: RepairCommand::Catalog,
+        } => repair_catalog(&settings).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let code = classify(&err);
+            let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+            let msg = dedup_chain(&chain);
+            tracing::error!("{msg}");
+            eprintln!("m365bk: {msg}");
+            code
+        }
+    }
+}
+
+/// Joins an error chain, dropping causes already quoted by their parent.
+fn dedup_chain(chain: &[String]) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in chain {
+        if !out.iter().any(|o| o.contains(c.as_str())) {
+            out.push(c);
+        }
+    }
+    out.join(": ")
+}
+
+/// Maps an error to its exit code by type (never by message).
+fn classify(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<m365bk_store::Error>() {
+            if matches!(e, m365bk_store::Error::RepositoryNotFound { .. }) {
+                return ExitCode::RepositoryMissing;
+            }
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return ExitCode::Config;
+        }
+        if let Some(e) = cause.downcast_ref::<m365bk_gate::Error>() {
+            return match e {
+                m365bk_gate::Error::Refused(_) => ExitCode::NoPermission,
+                m365bk_gate::Error::Token { source, .. } => graph_exit(source),
+                _ => ExitCode::Config,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<m365bk_graph::Error>() {
+            return graph_exit(e);
+        }
+    }
+    ExitCode::Failure
+}
+
+fn graph_exit(e: &m365bk_graph::Error) -> ExitCode {
+    match e {
+        m365bk_graph::Error::Token { .. } => ExitCode::NoPermission,
+        m365bk_graph::Error::Unreachable { .. } | m365bk_graph::Error::Throttled { .. } => {
+            ExitCode::TempFail
+        }
+        _ if e.is_access_denied() => ExitCode::NoPermission,
+        _ => ExitCode::Failure,
+    }
+}
+
+async fn open_repo(settings: &Settings) -> anyhow::Result<Repository> {
+    Ok(Repository::open(&settings.repository).await?)
+}
+
+fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
+    Catalog::open(&settings.catalog).with_context(|| {
+        format!(
+            "opening the catalog {} (set catalog.path in the config to a writable location)",
+            settings.catalog.display()
+        )
+    })
+}
+
+async fn init(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let repo = Repository::init(&settings.repository).await?;
+    let catalog = open_catalog(settings)?;
+    catalog.sync(&repo).await?;
+    println!(
+        "created repository {} at {}",
+        repo.id(),
+        settings.repository
+    );
+    Ok(ExitCode::Success)
+}
+
+/// Everything needed to talk to Microsoft for one job.
+fn gate_context(settings: &Settings) -> anyhow::Result<GateContext> {
+    let secret = settings.client_secret()?;
+    let http = HttpClient::new(HttpOptions::default())?;
+    let endpoints = Endpoints {
+        authority: settings.authority.clone(),
+        graph_base: settings.graph_base.clone(),
+    };
+    let credential = ClientSecretCredential {
+        tenant_id: settings.tenant_id.clone(),
+        client_id: settings.client_id.clone(),
+        secret: secret.into(),
+    };
+    let tokens = Arc::new(TokenProvider::new(http.clone(), endpoints, credential));
+    let graph = GraphClient::new(http, tokens.clone(), settings.graph_base.clone());
+    Ok(GateContext {
+        tenant_id: settings.tenant_id.clone(),
+        client_id: settings.client_id.clone(),
+        tokens,
+        graph,
+        sharepoint_host: settings.sharepoint_host.clone(),
+    })
+}
+
+fn parse_items(items: &[String]) -> anyhow::Result<Option<std::collections::BTreeSet<ItemType>>> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let set = items
+        .iter()
+        .map(|s| s.parse::<ItemType>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(set))
+}
+
+fn parse_service(s: &str) -> anyhow::Result<Service> {
+    s.parse::<Service>().map_err(anyhow::Error::msg)
+}
+
+/// Runs the gate and records a refusal in the catalog.
+async fn gate(
+    settings: &Settings,
+    catalog: &Catalog,
+    spec: JobSpec,
+) -> anyhow::Result<AuthorizedJob> {
+    let ctx = gate_context(settings)?;
+    let started = chrono::Utc::now();
+    let service = spec.service;
+    let operation = spec.operation;
+    let id = spec.id.to_string();
+    match authorize(&ctx, spec).await {
+        Ok(job) => Ok(job),
+        Err(err) => {
+            let (outcome, detail) = match &err {
+                m365bk_gate::Error::Refused(report) => ("refused", serde_json::to_value(report)?),
+                other => ("failed", json!({ "error": other.to_string() })),
+            };
+            let run = JobRun {
+                job_id: id,
+                service: service.to_string(),
+                operation: operation.to_string(),
+                started_at: started,
+                finished_at: chrono::Utc::now(),
+                outcome: outcome.into(),
+                detail,
+            };
+            if let Err(e) = catalog.record_job_run(&run) {
+                tracing::warn!(error = %e, "could not record the job run in the catalog");
+            }
+            Err(err.into())
+        }
+    }
+}
+
+fn latest_parent(snapshots: &[Snapshot], service: &str, resource_id: &str) -> Option<Snapshot> {
+    snapshots
+        .iter()
+        .filter(|s| s.service == service && s.resource_id == resource_id)
+        .max_by_key(|s| s.time)
+        .cloned()
+}
+
+async fn backup(
+    settings: &Settings,
+    args: &BackupArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = parse_service(&args.service)?;
+    if !matches!(service, Service::Exchange | Service::OneDrive) {
+        anyhow::bail!("backup of {service} is not implemented yet: this release backs up exchange and onedrive");
+    }
+    let repo = open_repo(settings).await?;
+    let catalog = open_catalog(settings)?;
+    let users = if args.users.all_users {
+        UserSelection::All
+    } else {
+        UserSelection::Users(args.users.users.clone())
+    };
+    let mut spec = JobSpec::new(service, Operation::Backup, users);
+    if let Some(items) = parse_items(&args.items)? {
+        spec.selection.item_types = items;
+    }
+    let started = chrono::Utc::now();
+    let job = gate(settings, &catalog, spec).await?;
+    let users = job
+        .resolve_users()
+        .await
+        .context("resolving the job's users")?;
+    let existing = repo.list_snapshots().await?;
+    let writer = repo.begin_backup().await?;
+    let mut snapshots = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut skipped = 0usize;
+    for user in &users {
+        let parent = latest_parent(&existing, service.as_str(), &user.id);
+        let parent_items = match &parent {
+            Some(p) => Some(repo.load_items(p).await?),
+            None => None,
+        };
+        let draft = match service {
+            Service::Exchange => {
+                let parent = parent
+                    .zip(parent_items)
+                    .map(|(snapshot, items)| m365bk_exchange::ParentSnapshot { snapshot, items });
+                let opts = m365bk_exchange::BackupOptions {
+                    page_size: settings.page_size,
+                    concurrency: settings.concurrency,
+                };
+                m365bk_exchange::backup_mailbox(&job, &writer, user, parent.as_ref(), &opts)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Service::OneDrive => {
+                let parent = parent
+                    .zip(parent_items)
+                    .map(|(snapshot, items)| m365bk_onedrive::ParentSnapshot { snapshot, items });
+                let opts = m365bk_onedrive::BackupOptions {
+                    page_size: settings.page_size.max(200),
+                    concurrency: settings.concurrency,
+                };
+                m365bk_onedrive::backup_drive(&job, &writer, user, parent.as_ref(), &opts)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            _ => unreachable!("checked above"),
+        };
+        match draft {
+            Ok(draft) => {
+                skipped += draft.skipped.len();
+                let snapshot = writer.commit_snapshot(draft).await?;
+                let items = repo.load_items(&snapshot).await?;
+                if let Err(e) = catalog.record_snapshot(repo.id(), &snapshot, &items) {
+                    tracing::warn!(error = %e, "snapshot saved, but the catalog could not be updated: run `m365bk repair catalog`");
+                }
+                tracing::info!(
+                    snapshot = %snapshot.id,
+                    user = %user.user_principal_name,
+                    items = snapshot.item_count,
+                    bytes = snapshot.total_size,
+                    "snapshot saved"
+                );
+                snapshots.push(snapshot);
+            }
+            Err(err) => {
+                let msg = dedup_chain(&err.chain().map(|e| e.to_string()).collect::<Vec<_>>());
+                tracing::error!(user = %user.user_principal_name, error = %msg, "resource not backed up; going on with the others");
+                failures.push((user.user_principal_name.clone(), msg));
+            }
+        }
+    }
+    let stats = writer.finish().await?;
+    let outcome = if !failures.is_empty() || skipped > 0 {
+        "partial"
+    } else {
+        "ok"
+    };
+    let summary = json!({
+        "job_id": job.spec().id.to_string(),
+        "service": service.as_str(),
+        "outcome": outcome,
+        "snapshots": snapshots.iter().map(|s| json!({
+            "id": s.id.to_string(), "resource": s.resource_name, "items": s.item_count,
+            "bytes": s.total_size, "skipped": s.skipped.len(),
+        })).collect::<Vec<_>>(),
+        "failed_resources": failures.iter().map(|(u, e)| json!({"resource": u, "error": e})).collect::<Vec<_>>(),
+        "bytes_in": stats.bytes_in,
+        "bytes_new": stats.bytes_new,
+        "bytes_stored": stats.bytes_stored,
+        "blobs_new": stats.blobs_new,
+        "packs_written": stats.packs_written,
+    });
+    let run = JobRun {
+        job_id: job.spec().id.to_string(),
+        service: service.to_string(),
+        operation: "backup".into(),
+        started_at: started,
+        finished_at: chrono::Utc::now(),
+        outcome: outcome.into(),
+        detail: summary.clone(),
+    };
+    if let Err(e) = catalog.record_job_run(&run) {
+        tracing::warn!(error = %e, "could not record the job run in the catalog");
+    }
+    if json_out {
+        println!("{summary}");
+    } else {
+        println!(
+            "backup of {} finished: {} snapshot(s), {} resource(s) failed, {} item(s) skipped; read {} bytes, {} new, {} stored after dedup and compression",
+            service,
+            snapshots.len(),
+            failures.len(),
+            skipped,
+            stats.bytes_in,
+            stats.bytes_new,
+            stats.bytes_stored
+        );
+        for s in &snapshots {
+            println!(
+                "  {}  {}  {} items  {} bytes",
+                short(&s.id.to_string()),
+                s.resource_name,
+                s.item_count,
+                s.total_size
+            );
+        }
+    }
+    Ok(if outcome == "ok" {
+        ExitCode::Success
+    } else {
+        ExitCode::Incomplete
+    })
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+async fn snapshots(
+    settings: &Settings,
+    service: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let catalog = open_catalog(settings)?;
+    catalog.sync(&repo).await?;
+    let rows: Vec<_> = catalog
+        .snapshots(repo.id())?
+        .into_iter()
+        .filter(|r| service.is_none_or(|s| r.service == s))
+        .collect();
+    if json_out {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        println!(
+            "{:<12}  {:<20}  {:<9}  {:<40}  {:>7}  {:>12}",
+            "ID", "TIME (UTC)", "SERVICE", "RESOURCE", "ITEMS", "BYTES"
+        );
+        for r in &rows {
+            println!(
+                "{:<12}  {:<20}  {:<9}  {:<40}  {:>7}  {:>12}",
+                short(&r.id.to_string()),
+                r.time.format("%Y-%m-%d %H:%M:%S"),
+                r.service,
+                r.resource_name,
+                r.item_count,
+                r.total_size
+            );
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+async fn ls(settings: &Settings, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let snapshot = repo.find_snapshot(id).await?;
+    let items = repo.load_items(&snapshot).await?;
+    if json_out {
+        println!("{}", serde_json::to_string(&items)?);
+    } else {
+        println!(
+            "snapshot {} of {} ({}) taken {}",
+            snapshot.id, snapshot.resource_name, snapshot.service, snapshot.time
+        );
+        for i in &items {
+            println!("{:<14} {:>10}  {}", i.kind, i.size, i.path);
+        }
+        for s in &snapshot.skipped {
+            println!("skipped        {}: {}", s.path, s.reason);
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+async fn restore(
+    settings: &Settings,
+    args: &RestoreArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let catalog = open_catalog(settings)?;
+    let snapshot = repo.find_snapshot(&args.snapshot).await?;
+    let service = parse_service(&snapshot.service)?;
+    let target = args
+        .to_user
+        .clone()
+        .unwrap_or_else(|| snapshot.resource_name.clone());
+    let folder_name = args
+        .folder_name
+        .clone()
+        .unwrap_or_else(|| format!("Restored-{}", chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ")));
+    let items: Vec<Item> = repo.load_items(&snapshot).await?;
+    let mut spec = JobSpec::new(
+        service,
+        Operation::Recovery,
+        UserSelection::Users(vec![target.clone()]),
+    );
+    if service == Service::Exchange {
+        // Only the item types present in the snapshot need write permissions.
+        let kinds: std::collections::BTreeSet<&str> =
+            items.iter().map(|i| i.kind.as_str()).collect();
+        let mut types = std::collections::BTreeSet::new();
+        for (k, t) in [
+            (m365bk_exchange::kind::MESSAGE, ItemType::Mail),
+            (m365bk_exchange::kind::CONTACT, ItemType::Contacts),
+            (m365bk_exchange::kind::EVENT, ItemType::Calendar),
+        ] {
+            if kinds.contains(k) {
+                types.insert(t);
+            }
+        }
+        spec.selection.item_types = types;
+    }
+    let started = chrono::Utc::now();
+    let job = gate(settings, &catalog, spec).await?;
+    let (report, failed) = match service {
+        Service::Exchange => {
+            let opts = m365bk_exchange::RestoreOptions {
+                target_user: target.clone(),
+                folder_name: folder_name.clone(),
+                path_prefixes: args.paths.clone(),
+                concurrency: settings.concurrency,
+            };
+            let r = m365bk_exchange::restore_mailbox(&job, &repo, &items, &opts).await?;
+            let failed = r.failed.len();
+            (serde_json::to_value(&r)?, failed)
+        }
+        Service::OneDrive => {
+            let opts = m365bk_onedrive::RestoreOptions {
+                target_user: target.clone(),
+                folder_name: folder_name.clone(),
+                path_prefixes: args.paths.clone(),
+                concurrency: settings.concurrency,
+            };
+            let r = m365bk_onedrive::restore_drive(&job, &repo, &items, &opts).await?;
+            let failed = r.failed.len();
+            (serde_json::to_value(&r)?, failed)
+        }
+        other => anyhow::bail!("restore of {other} is not implemented yet"),
+    };
+    let outcome = if failed == 0 { "ok" } else { "partial" };
+    let summary = json!({ "job_id": job.spec().id.to_string(), "snapshot": snapshot.id.to_string(), "service": service.as_str(), "outcome": outcome, "report": report });
+    let run = JobRun {
+        job_id: job.spec().id.to_string(),
+        service: service.to_string(),
+        operation: "recovery".into(),
+        started_at: started,
+        finished_at: chrono::Utc::now(),
+        outcome: outcome.into(),
+        detail: summary.clone(),
+    };
+    if let Err(e) = catalog.record_job_run(&run) {
+        tracing::warn!(error = %e, "could not record the job run in the catalog");
+    }
+    if json_out {
+        println!("{summary}");
+    } else {
+        println!(
+            "restored snapshot {} ({}) to {} in folder {}: {}",
+            short(&snapshot.id.to_string()),
+            service,
+            target,
+            folder_name,
+            report
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Incomplete
+    })
+}
+
+async fn permissions_check(
+    settings: &Settings,
+    service: &str,
+    operation: &str,
+    items: &[String],
+    conditions: &[String],
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = parse_service(service)?;
+    let operation: Operation = operation.parse().map_err(anyhow::Error::msg)?;
+    let mut spec = JobSpec::new(service, operation, UserSelection::All);
+    if let Some(items) = parse_items(items)? {
+        spec.selection.item_types = items;
+    }
+    let known = PermissionMatrix::builtin().conditions();
+    for c in conditions {
+        if !known.contains(&c.as_str()) {
+            anyhow::bail!(
+                "unknown condition {c:?}: expected one of {}",
+                known.join(", ")
+            );
+        }
+        spec.conditions.insert(c.clone());
+    }
+    let ctx = gate_context(settings)?;
+    match authorize(&ctx, spec).await {
+        Ok(job) => {
+            if json_out {
+                println!("{}", serde_json::to_string(job.report())?);
+            } else {
+                println!("{service} {operation}: every required permission is granted");
+                for g in &job.report().granted {
+                    let via = if g.met_by == g.requirement.permission {
+                        String::new()
+                    } else {
+                        format!(" (met by {})", g.met_by)
+                    };
+                    println!(
+                        "  ok       {:<28} {}{}",
+                        g.requirement.permission, g.requirement.api, via
+                    );
+                }
+            }
+            Ok(ExitCode::Success)
+        }
+        Err(m365bk_gate::Error::Refused(report)) => {
+            if json_out {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{service} {operation}: {} permission(s) missing",
+                    report.missing.len()
+                );
+                for g in &report.granted {
+                    println!(
+                        "  ok       {:<28} {}",
+                        g.requirement.permission, g.requirement.api
+                    );
+                }
+                for m in &report.missing {
+                    println!(
+                        "  MISSING  {:<28} {} ({}, app role id {})",
+                        m.permission,
+                        m.api,
+                        m.kind,
+                        m.app_role_id.as_deref().unwrap_or("unknown")
+                    );
+                }
+                println!("{}", report.remedy());
+            }
+            Ok(ExitCode::NoPermission)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_matrix(json_out: bool) {
+    let m = PermissionMatrix::builtin();
+    if json_out {
+        println!("{}", serde_json::to_string(m.rows()).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<52} {:<28} {:<14} {:<28} CONDITION",
+        "PERMISSION", "API", "SERVICE", "OPERATIONS"
+    );
+    for r in m.rows() {
+        let ops: Vec<&str> = r.operations.iter().map(|o| o.as_str()).collect();
+        println!(
+            "{:<52} {:<28} {:<14} {:<28} {}",
+            r.permission,
+            r.api,
+            r.service,
+            ops.join(" "),
+            r.conditions.join("|")
+        );
+    }
+}
+
+async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let report = repo.check(CheckOptions { read_data }).await?;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "packs_checked": report.packs_checked,
+                "blobs_checked": report.blobs_checked,
+                "snapshots_checked": report.snapshots_checked,
+                "errors": report.errors.iter().map(|p| json!({
+                    "object": p.object, "problem": p.problem,
+                    "affected_snapshots": p.affected_snapshots.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!(
+            "checked {} snapshot(s), {} pack(s), {} blob(s){}",
+            report.snapshots_checked,
+            report.packs_checked,
+            report.blobs_checked,
+            if read_data {
+                " (data read and re-hashed)"
+            } else {
+                ""
+            }
+        );
+        for p in &report.errors {
+            let affected: Vec<String> = p
+                .affected_snapshots
+                .iter()
+                .map(|s| short(&s.to_string()).to_string())
+                .collect();
+            println!(
+                "error: {}: {} (affects snapshots: {})",
+                p.object,
+                p.problem,
+                affected.join(", ")
+            );
+        }
+    }
+    if report.errors.is_empty() {
+        Ok(ExitCode::Success)
+    } else {
+        tracing::error!(
+            problems = report.errors.len(),
+            "the repository has {} problem(s); restore affected items from other snapshots, and back up again to store fresh copies",
+            report.errors.len()
+        );
+        Ok(ExitCode::Failure)
+    }
+}
+
+async fn repair_catalog(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let catalog = open_catalog(settings)?;
+    let stats = catalog.rebuild(&repo).await?;
+    println!(
+        "catalog {} rebuilt from the repository: {stats:?}",
+        settings.catalog.display()
+    );
+    Ok(ExitCode::Success)
+}

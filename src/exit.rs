@@ -1,0 +1,26 @@
+//! Exit codes: restic's where administrators' scripts already know them, sysexits otherwise.
+
+/// How `m365bk` ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Everything asked for was done.
+    Success = 0,
+    /// A failure not covered below.
+    Failure = 1,
+    /// The job finished, but some items could not be read or written (listed in its report).
+    Incomplete = 3,
+    /// No repository at the configured location.
+    RepositoryMissing = 10,
+    /// A service or endpoint could not be reached; trying again later may work.
+    TempFail = 75,
+    /// The gate refused the job: a permission is missing, or the credentials were rejected.
+    NoPermission = 77,
+    /// The configuration is invalid.
+    Config = 78,
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code as u8)
+    }
+}

@@ -1,0 +1,39 @@
+//! `m365bk`: back up and restore Microsoft 365 through the permission gate.
+
+mod cli;
+mod commands;
+mod config;
+mod exit;
+
+use clap::Parser;
+
+use crate::cli::{LogFormat, Opts};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("M365BK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let opts = Opts::parse();
+    init_logging(opts.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("m365bk: cannot start the async runtime: {e}");
+            return exit::ExitCode::Failure.into();
+        }
+    };
+    let code = runtime.block_on(commands::run(opts));
+    code.into()
+}

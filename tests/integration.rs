@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `m365bk` binary against the real tenant simulator binary over
+//! HTTP on 127.0.0.1, with a real repository and a real SQLite catalog in a temp directory.
+//!
+//! The corpus is built by `scripts/build-corpus.py` (`scripts/test.sh` does it first).
+
+mod integration {
+    mod bad_input;
+    mod e2e;
+    mod gate;
+    pub mod harness;
+}

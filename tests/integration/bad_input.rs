@@ -1,0 +1,239 @@
+//! Done-when 5: bad input gets a clear error naming the problem and the fix, a non-zero exit,
+//! and leaves earlier snapshots restorable.
+
+use std::path::{Path, PathBuf};
+
+use super::harness::{content_set, corpus, corpus_users, matrix_permissions, Env, Sim};
+
+fn roles() -> Vec<String> {
+    let mut r = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
+    r.extend(matrix_permissions(
+        "exchange",
+        &["discovery", "backup", "recovery"],
+    ));
+    r.sort();
+    r.dedup();
+    r
+}
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let data = repo.join("data");
+    for d in std::fs::read_dir(&data).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    let first = env
+        .run(&["--json", "backup", "--service", "onedrive", "--all-users"])
+        .await
+        .ok()
+        .json();
+    let first_id = first["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let first_user = first["snapshots"][0]["resource"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let packs_before = packs(&env.repo);
+
+    // A malformed config: named setting, the fix, exit 78, nothing touched.
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        good.replace("[repository]", "[repository]\ncompression = \"max\""),
+    )
+    .unwrap();
+    let run = env
+        .run(&["backup", "--service", "onedrive", "--all-users"])
+        .await;
+    assert_eq!(run.code, 78, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown field `compression`")
+            && run.stderr.contains("m365bk.example.toml"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        &env.config,
+        good.replace("tenant_id = \"", "tenant_id = \"x"),
+    )
+    .unwrap();
+    let run = env.run(&["snapshots"]).await;
+    assert_eq!(run.code, 78);
+    assert!(
+        run.stderr.contains("tenant.tenant_id") && run.stderr.contains("Directory (tenant) ID"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&env.config, "this is [not toml").unwrap();
+    let run = env.run(&["snapshots"]).await;
+    assert_eq!(run.code, 78);
+    assert!(run.stderr.contains("is invalid"), "{}", run.stderr);
+
+    // An unreachable token endpoint: names the URL, says what to check, exit 75.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    std::fs::write(
+        &env.config,
+        good.replace(
+            &format!("authority_url = \"{}\"", sim.base),
+            &format!("authority_url = \"{dead}\""),
+        ),
+    )
+    .unwrap();
+    let run = env
+        .run(&["backup", "--service", "onedrive", "--all-users"])
+        .await;
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&dead),
+        "names the unreachable URL: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("authority_url"),
+        "says which setting to check: {}",
+        run.stderr
+    );
+    std::fs::write(&env.config, &good).unwrap();
+
+    // A wrong client secret: Entra's AADSTS7000215, explained; exit 77.
+    let run = env
+        .run_with(
+            &["backup", "--service", "onedrive", "--all-users"],
+            "not-the-secret",
+        )
+        .await;
+    assert_eq!(run.code, 77, "{}", run.stderr);
+    assert!(run.stderr.contains("7000215"), "{}", run.stderr);
+    assert!(
+        run.stderr.to_lowercase().contains("secret value"),
+        "says to use the secret VALUE: {}",
+        run.stderr
+    );
+    assert_eq!(packs(&env.repo), packs_before, "failed runs wrote nothing");
+
+    // A corrupt pack: back up a change, flip a byte in the pack that change wrote.
+    let extra = std::fs::read(
+        corpus
+            .join("users")
+            .join(&users[1])
+            .join("drive")
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                walk_first_file(&corpus.join("users").join(&users[1]).join("drive"))
+            }),
+    )
+    .unwrap();
+    let mut changed = extra.clone();
+    changed
+        .extend_from_slice(b"\r\n-- appended by the corrupt-pack test so the content is new\r\n");
+    sim.admin(
+        reqwest::Method::PUT,
+        &format!("users/{first_user}/drive/Corrupt/new-file.bin"),
+        changed,
+    )
+    .await;
+    let second = env
+        .run(&[
+            "--json",
+            "backup",
+            "--service",
+            "onedrive",
+            "--user",
+            &first_user,
+        ])
+        .await
+        .ok()
+        .json();
+    let second_id = second["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let new_packs: Vec<PathBuf> = packs(&env.repo)
+        .into_iter()
+        .filter(|p| !packs_before.contains(p))
+        .collect();
+    assert!(!new_packs.is_empty(), "the second backup wrote a pack");
+    let victim = &new_packs[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x5a;
+    let mut perms = std::fs::metadata(victim).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(victim, perms).unwrap();
+    std::fs::write(victim, bytes).unwrap();
+    let pack_name = victim.file_name().unwrap().to_string_lossy().to_string();
+
+    let run = env.run(&["check", "--read-data"]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stdout.contains(&pack_name[..12]) || run.stdout.contains(&pack_name),
+        "check names the pack: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&second_id[..12]),
+        "check names the affected snapshot: {}",
+        run.stdout
+    );
+    let run = env
+        .run(&[
+            "restore",
+            &second_id,
+            "--path",
+            "Corrupt",
+            "--folder-name",
+            "Restored-Corrupt",
+        ])
+        .await;
+    assert_ne!(run.code, 0, "restoring damaged data fails");
+    assert!(
+        run.stderr.contains(&pack_name[..12]) && run.stderr.contains("check --read-data"),
+        "names the pack and the fix: {}",
+        run.stderr
+    );
+
+    // The earlier snapshot still restores, byte for byte.
+    let source = sim.export(&first_user).await;
+    env.run(&["restore", &first_id, "--folder-name", "Restored-Earlier"])
+        .await
+        .ok();
+    let after = sim.export(&first_user).await;
+    let mut want = content_set(&source, "drive", "");
+    want.retain(|(p, _), _| !p.starts_with("Corrupt/"));
+    assert_eq!(content_set(&after, "drive", "Restored-Earlier"), want);
+}
+
+fn walk_first_file(dir: &Path) -> PathBuf {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in &entries {
+        if p.is_file() {
+            return p.clone();
+        }
+    }
+    for p in &entries {
+        if p.is_dir() {
+            return walk_first_file(p);
+        }
+    }
+    panic!("no file under {}", dir.display())
+}
