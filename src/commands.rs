@@ -64,7 +64,16 @@ pub async fn run(opts: Opts) -> ExitCode {
             let code = classify(&err);
             let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
             let msg = dedup_chain(&chain);
-            tracing::error!("{msg}");
+            // The gate has already logged a refusal as its one ERROR event for the job.
+            let logged = err.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<m365bk_gate::Error>(),
+                    Some(m365bk_gate::Error::Refused(_))
+                )
+            });
+            if !logged {
+                tracing::error!("{msg}");
+            }
             eprintln!("m365bk: {msg}");
             code
         }

@@ -1,0 +1,390 @@
+//! `check`: structural verification, and with `read_data` a re-hash of every blob.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::blob;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId, SnapshotId};
+use crate::index::{self, Index};
+use crate::pack::{self, pack_path, BlobEntry};
+use crate::repository::{fetch_blob, ItemParser, Repository};
+use crate::snapshot::{snapshot_path, ContentRef, Snapshot};
+
+/// What `check` should do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOptions {
+    /// Also read every pack and re-hash every blob.
+    pub read_data: bool,
+}
+
+/// One problem found by `check`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckProblem {
+    /// The object concerned: its path in the repository (`data/ab/…`, `index/…`, `snapshots/…`).
+    pub object: String,
+    /// What is wrong, and what to do.
+    pub problem: String,
+    /// Snapshots whose data the problem makes (partly) unrestorable.
+    pub affected_snapshots: Vec<SnapshotId>,
+}
+
+/// The outcome of `check`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Every problem found; empty means the repository is sound.
+    pub errors: Vec<CheckProblem>,
+    /// Packs read and verified (0 without `read_data`).
+    pub packs_checked: u64,
+    /// Blobs re-hashed with `read_data`; otherwise distinct blobs whose index entry and pack
+    /// were checked.
+    pub blobs_checked: u64,
+    /// Snapshots whose item lists were read and checked.
+    pub snapshots_checked: u64,
+    /// Packs in `data/` listed in no index file: left by an interrupted backup (harmless, prune
+    /// removes them) or by a lost index file. Not counted as errors.
+    pub unindexed_packs: Vec<PackId>,
+}
+
+impl CheckReport {
+    /// True if no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// What is wrong with one pack, and which snapshots it hurts.
+#[derive(Default)]
+struct PackTrouble {
+    problems: Vec<String>,
+    affected: BTreeSet<SnapshotId>,
+}
+
+impl Repository {
+    /// Verifies the repository, never stopping at the first problem.
+    ///
+    /// Always: every index file parses and matches its name; every indexed pack exists with
+    /// the size the index gives; every snapshot parses, its item list is readable, and every
+    /// blob of the list and of each item's content is in the index. With
+    /// [`CheckOptions::read_data`]: every indexed pack is read whole and every blob in it
+    /// decompressed and re-hashed; each damaged pack is named with the snapshots it affects.
+    ///
+    /// Reads the index afresh from the repository (not from this handle's cache).
+    ///
+    /// # Errors
+    /// Only if listing the repository fails ([`Error::Backend`]); damaged objects are
+    /// reported in [`CheckReport::errors`].
+    pub async fn check(&self, opts: CheckOptions) -> Result<CheckReport> {
+        let inner = &self.inner;
+        let mut report = CheckReport::default();
+
+        let mut on_disk: IdMap<PackId, u64> = IdMap::default();
+        for (name, size) in inner.list_names("data").await? {
+            match name.parse::<PackId>() {
+                Ok(id) => {
+                    on_disk.insert(id, size);
+                }
+                Err(_) => tracing::warn!(object = %name, "ignoring non-pack object under data/"),
+            }
+        }
+
+        // Index, from the repository.
+        let mut index = Index::default();
+        let index_ids: Vec<IndexId> = inner
+            .list_names("index")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| name.parse().ok())
+            .collect();
+        let loaded: Vec<(IndexId, Result<Vec<index::IndexPack>>)> =
+            futures::stream::iter(index_ids)
+                .map(|id| async move {
+                    let packs = async {
+                        let bytes = inner.get("index", &index::index_path(&id)).await?;
+                        tokio::task::spawn_blocking(move || index::decode_index(&id, &bytes))
+                            .await
+                            .map_err(Error::join)?
+                    }
+                    .await;
+                    (id, packs)
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        for (id, packs) in loaded {
+            match packs {
+                Ok(packs) => {
+                    for p in &packs {
+                        index.add_pack(p);
+                    }
+                    index.mark_file(id);
+                }
+                Err(e) => report.errors.push(CheckProblem {
+                    object: index::index_path(&id).to_string(),
+                    problem: e.to_string(),
+                    affected_snapshots: Vec::new(),
+                }),
+            }
+        }
+
+        // Packs: present, right size.
+        let mut troubles: BTreeMap<PackId, PackTrouble> = BTreeMap::new();
+        for p in index.packs() {
+            match on_disk.get(&p.id) {
+                None => {
+                    troubles.entry(p.id).or_default().problems.push(
+                        "missing: the index lists it but it is not in the repository".to_owned(),
+                    )
+                }
+                Some(&size) if size != p.size => {
+                    troubles.entry(p.id).or_default().problems.push(format!(
+                        "{size} bytes long, the index says {}: truncated or overwritten",
+                        p.size
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        report.unindexed_packs = on_disk
+            .keys()
+            .filter(|id| index.pack(id).is_none())
+            .copied()
+            .collect();
+        report.unindexed_packs.sort();
+
+        // Pack contents.
+        let mut damaged: IdSet<BlobId> = IdSet::default();
+        if opts.read_data {
+            let by_pack = index.entries_by_pack();
+            for (info, entries) in index.packs().iter().zip(by_pack) {
+                if !on_disk.contains_key(&info.id) {
+                    continue;
+                }
+                let path = pack_path(&info.id);
+                let bytes = match inner.get("pack", &path).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        troubles
+                            .entry(info.id)
+                            .or_default()
+                            .problems
+                            .push(format!("unreadable: {e}"));
+                        damaged.extend(entries.iter().map(|e| e.id));
+                        continue;
+                    }
+                };
+                let id = info.id;
+                let key = inner.key;
+                let (bad, pack_problems, n) =
+                    tokio::task::spawn_blocking(move || verify_pack(&key, &id, &bytes, &entries))
+                        .await
+                        .map_err(Error::join)?;
+                report.packs_checked += 1;
+                report.blobs_checked += n;
+                if !bad.is_empty() || !pack_problems.is_empty() {
+                    let trouble = troubles.entry(info.id).or_default();
+                    trouble.problems.extend(pack_problems);
+                    if !bad.is_empty() {
+                        let first: Vec<&str> =
+                            bad.iter().take(3).map(|(_, d)| d.as_str()).collect();
+                        trouble.problems.push(format!(
+                            "{} of {n} blobs damaged ({}{})",
+                            bad.len(),
+                            first.join("; "),
+                            if bad.len() > 3 { "; …" } else { "" }
+                        ));
+                    }
+                    damaged.extend(bad.into_iter().map(|(id, _)| id));
+                }
+            }
+        }
+
+        // Snapshots.
+        let mut referenced: IdSet<BlobId> = IdSet::default();
+        for id in inner.snapshot_ids().await? {
+            let object = snapshot_path(&id).to_string();
+            let snapshot = match inner.load_snapshot(id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    report.errors.push(CheckProblem {
+                        object,
+                        problem: e.to_string(),
+                        affected_snapshots: vec![id],
+                    });
+                    continue;
+                }
+            };
+            let mut missing: Vec<BlobId> = Vec::new();
+            let mut visit = |content: &ContentRef,
+                             troubles: &mut BTreeMap<PackId, PackTrouble>,
+                             missing: &mut Vec<BlobId>| {
+                for blob in &content.blobs {
+                    referenced.insert(*blob);
+                    match index.get(blob) {
+                        None => missing.push(*blob),
+                        Some(loc) => {
+                            if damaged.contains(blob) {
+                                troubles.entry(loc.pack.id).or_default().affected.insert(id);
+                            } else if let Some(t) = troubles.get_mut(&loc.pack.id) {
+                                // Missing or truncated pack without read_data: assume the worst.
+                                if !opts.read_data || !on_disk.contains_key(&loc.pack.id) {
+                                    t.affected.insert(id);
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            visit(&snapshot.tree, &mut troubles, &mut missing);
+            let tree_indexed = missing.is_empty();
+            match read_items(self, &index, &snapshot).await {
+                // Reported below with the blobs missing from the index.
+                Err(Error::BlobNotIndexed { .. }) if !tree_indexed => {}
+                Ok(items) => {
+                    report.snapshots_checked += 1;
+                    for item in &items {
+                        if let Some(content) = &item.content {
+                            visit(content, &mut troubles, &mut missing);
+                        }
+                    }
+                }
+                Err(e) => report.errors.push(CheckProblem {
+                    object: object.clone(),
+                    problem: format!("item list unreadable: {e}"),
+                    affected_snapshots: vec![id],
+                }),
+            }
+            if !missing.is_empty() {
+                missing.sort();
+                missing.dedup();
+                let hint = if report.unindexed_packs.is_empty() {
+                    "restore these items from another snapshot".to_owned()
+                } else {
+                    format!(
+                        "{} pack(s) in data/ are in no index file either, so an index file is probably lost; \
+                         the data may still be in those packs: keep them (do not prune) until the index is rebuilt, \
+                         and restore these items from another snapshot meanwhile",
+                        report.unindexed_packs.len()
+                    )
+                };
+                let what = if tree_indexed {
+                    ""
+                } else {
+                    " (its item list among them, so its items cannot be listed)"
+                };
+                report.errors.push(CheckProblem {
+                    object,
+                    problem: format!(
+                        "{} blob(s) it refers to are in no index file{what} (first: {}): {hint}",
+                        missing.len(),
+                        missing[0]
+                    ),
+                    affected_snapshots: vec![id],
+                });
+            }
+        }
+        if !opts.read_data {
+            report.blobs_checked = referenced.len() as u64;
+        }
+
+        for (id, trouble) in troubles {
+            if trouble.problems.is_empty() {
+                continue;
+            }
+            let what = if trouble.affected.is_empty() {
+                "no snapshot refers to its damaged blobs; prune will remove it".to_owned()
+            } else {
+                format!(
+                    "restore the items of the {} affected snapshot(s) from an earlier snapshot, \
+                     and run the next backup without a parent to store them again",
+                    trouble.affected.len()
+                )
+            };
+            report.errors.push(CheckProblem {
+                object: pack_path(&id).to_string(),
+                problem: format!("pack is damaged: {}; {what}", trouble.problems.join("; ")),
+                affected_snapshots: trouble.affected.into_iter().collect(),
+            });
+        }
+        tracing::info!(
+            errors = report.errors.len(),
+            packs = report.packs_checked,
+            blobs = report.blobs_checked,
+            snapshots = report.snapshots_checked,
+            "check finished"
+        );
+        Ok(report)
+    }
+}
+
+/// Reads a snapshot's item list through `index` (not the repository's cache).
+async fn read_items(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+) -> Result<Vec<crate::Item>> {
+    let inner = &repo.inner;
+    let mut parser = ItemParser::new(snapshot);
+    let located: Vec<_> = snapshot
+        .tree
+        .blobs
+        .iter()
+        .map(|id| index.get(id).ok_or(Error::BlobNotIndexed { id: *id }))
+        .collect::<Result<_>>()?;
+    let mut blobs = futures::stream::iter(located)
+        .map(|loc| fetch_blob(&*inner.store, &inner.key, loc))
+        .buffered(4);
+    while let Some(bytes) = blobs.try_next().await? {
+        parser.push(&bytes)?;
+    }
+    parser.finish()
+}
+
+/// Checks one whole pack against its index entries. Returns the damaged blobs (with what is
+/// wrong), problems with the pack as a whole, and the number of blobs checked.
+fn verify_pack(
+    key: &[u8; 32],
+    id: &PackId,
+    bytes: &bytes::Bytes,
+    entries: &[BlobEntry],
+) -> (Vec<(BlobId, String)>, Vec<String>, u64) {
+    let mut pack_problems = Vec::new();
+    if blake3::hash(bytes).as_bytes() != id.as_bytes() {
+        pack_problems.push("content does not hash to its name".to_owned());
+    }
+    match pack::parse_pack(id, bytes) {
+        Ok(listed) => {
+            let listed: IdMap<BlobId, BlobEntry> = listed.into_iter().map(|e| (e.id, e)).collect();
+            let disagree = entries
+                .iter()
+                .filter(|e| listed.get(&e.id) != Some(e))
+                .count();
+            if disagree > 0 {
+                pack_problems.push(format!(
+                    "its trailer disagrees with the index for {disagree} blob(s)"
+                ));
+            }
+        }
+        Err(Error::CorruptObject { detail, .. }) => pack_problems.push(detail),
+        Err(e) => pack_problems.push(e.to_string()),
+    }
+    let mut bad = Vec::new();
+    for entry in entries {
+        let range = entry.range();
+        if range.end > bytes.len() as u64 {
+            bad.push((
+                entry.id,
+                format!("blob {} lies beyond the end of the pack", entry.id),
+            ));
+            continue;
+        }
+        let stored = bytes.slice(range.start as usize..range.end as usize);
+        if let Err(detail) = blob::decode(key, &entry.id, stored, entry.compression, entry.raw_len)
+        {
+            bad.push((entry.id, detail));
+        }
+    }
+    (bad, pack_problems, entries.len() as u64)
+}

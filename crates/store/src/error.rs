@@ -1,0 +1,237 @@
+//! The crate's one error type.
+
+/// Result alias used throughout the storage core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage core.
+///
+/// Each message names the object and says what to do about it, so the CLI can print it as is.
+/// Object kinds are `"config"`, `"pack"`, `"index"`, `"snapshot"`, `"blob"`.
+#[non_exhaustive]
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    /// No `config` object at the location.
+    #[error(
+        "no m365bk repository at {location}: run `m365bk init` first, or fix repository.url in the config"
+    )]
+    RepositoryNotFound {
+        /// The location as given.
+        location: String,
+    },
+
+    /// `init` found a `config` object already there.
+    #[error(
+        "an m365bk repository already exists at {location}: use it as it is, or choose an empty location to create a new one"
+    )]
+    RepositoryExists {
+        /// The location as given.
+        location: String,
+    },
+
+    /// The location is not a filesystem path or `file://` URL.
+    #[error(
+        "cannot use {location:?} as a repository location ({detail}): give a filesystem path or a file:// URL"
+    )]
+    UnsupportedLocation {
+        /// The location as given.
+        location: String,
+        /// Why it was rejected.
+        detail: String,
+    },
+
+    /// An object was written by a newer format version.
+    #[error(
+        "{kind} {name} has format version {found}, but this m365bk reads versions up to {supported}: upgrade m365bk"
+    )]
+    UnsupportedVersion {
+        /// Object kind.
+        kind: &'static str,
+        /// Object name (path in the repository).
+        name: String,
+        /// Version found in the object's header.
+        found: u32,
+        /// Highest version this build reads.
+        supported: u32,
+    },
+
+    /// An object uses an encoding (e.g. encryption envelope) this build does not know.
+    #[error("{kind} {name} uses {detail}, which this m365bk cannot read: upgrade m365bk")]
+    UnsupportedEncoding {
+        /// Object kind.
+        kind: &'static str,
+        /// Object name (path in the repository).
+        name: String,
+        /// What was found.
+        detail: String,
+    },
+
+    /// An object's bytes do not match what it claims to be.
+    #[error(
+        "{kind} {name} is corrupt ({detail}): run `m365bk check --read-data` to list affected snapshots; restore those items from an earlier snapshot"
+    )]
+    CorruptObject {
+        /// Object kind.
+        kind: &'static str,
+        /// Object name (path in the repository).
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// An object the index or a snapshot refers to is absent.
+    #[error(
+        "{kind} {name} is missing from the repository: run `m365bk check` to list affected snapshots; restore those items from another snapshot"
+    )]
+    MissingObject {
+        /// Object kind.
+        kind: &'static str,
+        /// Object name (path in the repository, or blob id).
+        name: String,
+    },
+
+    /// A blob a snapshot refers to is listed in no index file.
+    #[error(
+        "blob {id} is in no index file (an index file is missing, or the backup that wrote it crashed before its index): run `m365bk check` to list affected snapshots"
+    )]
+    BlobNotIndexed {
+        /// The blob's id.
+        id: crate::BlobId,
+    },
+
+    /// No snapshot with this id or prefix.
+    #[error("no snapshot {id} in the repository: run `m365bk snapshots` to list the snapshot ids")]
+    SnapshotNotFound {
+        /// The id or prefix asked for.
+        id: String,
+    },
+
+    /// A snapshot id prefix matches more than one snapshot.
+    #[error("snapshot id prefix {prefix:?} matches {matches} snapshots: give more hex digits")]
+    AmbiguousSnapshotId {
+        /// The prefix asked for.
+        prefix: String,
+        /// How many snapshots it matches.
+        matches: usize,
+    },
+
+    /// Text that should be an id is not.
+    #[error("{input:?} is not a valid {kind} id: expected {expected}")]
+    InvalidId {
+        /// Id kind.
+        kind: &'static str,
+        /// The text given.
+        input: String,
+        /// What an id looks like.
+        expected: &'static str,
+    },
+
+    /// The storage backend (object_store) failed.
+    #[error(
+        "storage backend failed to {operation} {name}: {source}; check that the repository location is reachable and writable, then retry"
+    )]
+    Backend {
+        /// `"read"`, `"write"`, `"list"`, `"stat"`.
+        operation: &'static str,
+        /// Object name or prefix.
+        name: String,
+        /// The backend's error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// SQLite failed.
+    #[error(
+        "catalog {path} failed: {source}; the catalog is only a cache: if this persists, delete the file and run `m365bk catalog rebuild`"
+    )]
+    Catalog {
+        /// Catalog file.
+        path: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The catalog file was written by a newer m365bk.
+    #[error(
+        "catalog {path} has schema version {found}, but this m365bk knows up to {supported}: upgrade m365bk, or delete the file and run `m365bk catalog rebuild`"
+    )]
+    CatalogVersion {
+        /// Catalog file.
+        path: String,
+        /// Schema version found.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+
+    /// Local filesystem error outside object_store (creating the repository directory, the
+    /// catalog's directory).
+    #[error("cannot use {path}: {source}; check that the path exists and is writable")]
+    Io {
+        /// The path concerned.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A pack upload of this backup session failed, so content already handed out may refer to
+    /// data that never reached the repository.
+    #[error(
+        "this backup session cannot commit any more snapshots ({detail}): start a new backup; snapshots committed earlier are intact"
+    )]
+    SessionFailed {
+        /// The first failure.
+        detail: String,
+    },
+
+    /// A bug: a worker thread panicked or an invariant broke.
+    #[error("internal error in the m365bk storage core ({detail}): please report this as a bug")]
+    Internal {
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// True if retrying the same operation later may succeed (a backend hiccup), false if the
+    /// repository, its objects or the input are wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Backend { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            Error::Catalog { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn backend(
+        operation: &'static str,
+        name: impl Into<String>,
+    ) -> impl FnOnce(object_store::Error) -> Error {
+        let name = name.into();
+        move |source| Error::Backend {
+            operation,
+            name,
+            source,
+        }
+    }
+
+    pub(crate) fn join(err: tokio::task::JoinError) -> Error {
+        Error::Internal {
+            detail: format!("background task failed: {err}"),
+        }
+    }
+}

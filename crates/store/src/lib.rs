@@ -1,0 +1,91 @@
+//! The m365bk storage core: a deduplicating, compressing backup repository on an object store,
+//! and the SQLite catalog that caches it.
+//!
+//! - [`Repository`]: [`init`](Repository::init) / [`open`](Repository::open) a repository
+//!   (local directory or `file://` URL; any [`object_store::ObjectStore`] via
+//!   [`Repository::open_with_store`]), list and read snapshots, [`check`](Repository::check) it.
+//! - [`BackupWriter`]: one backup session. Each item's content goes through a
+//!   [`ContentWriter`], which cuts it into content-defined chunks (FastCDC v2020, 64 KiB min,
+//!   256 KiB average, 2 MiB max), names each chunk by its keyed BLAKE3 hash ([`BlobId`]),
+//!   stores only chunks the repository lacks (zstd-compressed when that helps) in 16 MiB pack
+//!   files, and returns a [`ContentRef`]. [`BackupWriter::commit_snapshot`] then writes an
+//!   index file and a [`Snapshot`] listing the resource's [`Item`]s.
+//! - [`Catalog`]: snapshots, items and job runs in SQLite, rebuildable from the repository.
+//!
+//! The on-disk format is described in `docs/repository-format.md`.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::TryStreamExt;
+//! use m365bk_store::{Item, Repository, SnapshotDraft};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let repo = Repository::init(dir.path().to_str().unwrap()).await?;
+//!
+//! let backup = repo.begin_backup().await?;
+//! let mut writer = backup.content_writer();
+//! writer.write(b"Subject: hello\r\n\r\n").await?;
+//! writer.write(b"Hi there").await?;
+//! let content = writer.finish().await?;
+//! let snapshot = backup
+//!     .commit_snapshot(SnapshotDraft {
+//!         service: "exchange".into(),
+//!         resource_id: "adele@contoso.com".into(),
+//!         items: vec![Item {
+//!             kind: "message".into(),
+//!             id: "AAMk1".into(),
+//!             parent_id: None,
+//!             path: "Inbox/hello.eml".into(),
+//!             change_key: None,
+//!             size: content.size,
+//!             modified: None,
+//!             metadata: serde_json::json!({}),
+//!             content: Some(content),
+//!         }],
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! backup.finish().await?;
+//!
+//! let repo = Repository::open(dir.path().to_str().unwrap()).await?;
+//! let found = repo.find_snapshot(&snapshot.id.to_string()[..8]).await?;
+//! let items = repo.load_items(&found).await?;
+//! let bytes: Vec<bytes::Bytes> = repo
+//!     .read_content(items[0].content.as_ref().unwrap())
+//!     .try_collect()
+//!     .await?;
+//! assert_eq!(bytes.concat(), b"Subject: hello\r\n\r\nHi there");
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod backup;
+mod blob;
+mod catalog;
+mod check;
+mod chunker;
+mod config;
+mod error;
+mod format;
+mod id;
+mod index;
+mod pack;
+mod repository;
+mod snapshot;
+
+pub use backup::{BackupWriter, ContentWriter, WriteStats};
+pub use catalog::{Catalog, ItemRow, JobRun, SnapshotRow, SyncStats};
+pub use check::{CheckOptions, CheckProblem, CheckReport};
+pub use error::{Error, Result};
+pub use id::{BlobId, IndexId, PackId, SnapshotId};
+pub use repository::{RepoStats, Repository};
+pub use snapshot::{ContentRef, Item, SkippedItem, Snapshot, SnapshotDraft};
+
+/// One kibibyte, in bytes.
+pub const KIB: u64 = 1024;
+/// One mebibyte, in bytes.
+pub const MIB: u64 = 1024 * KIB;

@@ -1,0 +1,614 @@
+//! Opening and reading a repository.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::backup::BackupWriter;
+use crate::blob;
+use crate::chunker::Chunker;
+use crate::config::{RepoConfig, CONFIG_NAME};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, SnapshotId};
+use crate::index::{self, Index, Located};
+use crate::pack::pack_path;
+use crate::snapshot::{self, ContentRef, Item, Snapshot};
+
+/// Blobs fetched ahead of the consumer in [`Repository::read_content`].
+const READ_AHEAD_BLOBS: usize = 4;
+/// Snapshot or index objects fetched concurrently when listing.
+const LIST_CONCURRENCY: usize = 8;
+
+/// A backup repository on an object store.
+///
+/// Cheap to clone (an `Arc` inside); clones share the in-memory index.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) inner: Arc<RepoInner>,
+}
+
+pub(crate) struct RepoInner {
+    pub location: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub config: RepoConfig,
+    /// Blob-id key.
+    pub key: [u8; 32],
+    pub chunker: Chunker,
+    /// Index files merged so far (by this process: loaded or written).
+    pub index: RwLock<Index>,
+    index_refresh: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.location)
+            .field("id", &self.inner.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sizes of what is in the repository.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoStats {
+    /// Pack files under `data/`.
+    pub pack_count: u64,
+    /// Bytes in pack files.
+    pub pack_bytes: u64,
+    /// Index files under `index/`.
+    pub index_count: u64,
+    /// Bytes in index files.
+    pub index_bytes: u64,
+    /// Snapshot objects under `snapshots/`.
+    pub snapshot_count: u64,
+    /// Distinct blobs listed in the index.
+    pub blob_count: u64,
+    /// Bytes in all objects, `config` included.
+    pub total_bytes: u64,
+}
+
+/// Resolves a location to an absolute directory path.
+fn local_path(location: &str) -> Result<PathBuf> {
+    let unsupported = |detail: &str| Error::UnsupportedLocation {
+        location: location.to_owned(),
+        detail: detail.to_owned(),
+    };
+    if location.starts_with("file:") {
+        let url = url::Url::parse(location).map_err(|e| unsupported(&e.to_string()))?;
+        return url
+            .to_file_path()
+            .map_err(|()| unsupported("not an absolute local file URL"));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return Err(unsupported(&format!(
+            "the {scheme}:// scheme is not supported yet"
+        )));
+    }
+    if location.is_empty() {
+        return Err(unsupported("empty location"));
+    }
+    let path = PathBuf::from(location);
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        path: ".".to_owned(),
+        source,
+    })?;
+    Ok(cwd.join(path))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn local_store(path: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+    let store = LocalFileSystem::new_with_prefix(path)
+        .map_err(Error::backend("open", path.display().to_string()))?
+        .with_fsync(true);
+    Ok(Arc::new(store))
+}
+
+impl Repository {
+    /// Creates a repository at `location`: `"file:///abs/path"` or a filesystem path (relative
+    /// paths are resolved against the current directory). Creates the directory if needed and
+    /// writes a `config` object with a fresh repository id, blob-id key and chunker seed.
+    ///
+    /// # Errors
+    /// [`Error::RepositoryExists`] if a `config` object is already there,
+    /// [`Error::UnsupportedLocation`], [`Error::Io`] if the directory cannot be created,
+    /// [`Error::Backend`].
+    pub async fn init(location: &str) -> Result<Repository> {
+        let path = local_path(location)?;
+        let existed = path.is_dir();
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if !existed {
+            // Make the new directory's entry durable; object_store fsyncs from here down.
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).map_err(|source| Error::Io {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        Self::init_with_store(local_store(&path)?, location).await
+    }
+
+    /// Like [`Repository::init`], on any object store (`location` is only used in messages).
+    ///
+    /// The store must support [`PutMode::Create`].
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub async fn init_with_store(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+    ) -> Result<Repository> {
+        let config = RepoConfig::generate();
+        let bytes = config.encode()?;
+        match store
+            .put_opts(
+                &Path::from(CONFIG_NAME),
+                PutPayload::from(bytes),
+                PutMode::Create.into(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(Error::RepositoryExists {
+                    location: location.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::backend("write", CONFIG_NAME)(e)),
+        }
+        tracing::info!(location, repository = %config.id, "initialised repository");
+        let (config, key) = RepoConfig::decode(&config.encode()?)?;
+        Ok(Self::from_parts(store, location, config, key))
+    }
+
+    /// Opens the repository at `location` (see [`Repository::init`] for the forms).
+    ///
+    /// # Errors
+    /// [`Error::RepositoryNotFound`] if there is no `config` object (or no directory),
+    /// [`Error::UnsupportedVersion`] if it was made by a newer m365bk,
+    /// [`Error::CorruptObject`] if `config` is damaged, [`Error::Backend`].
+    pub async fn open(location: &str) -> Result<Repository> {
+        let path = local_path(location)?;
+        if !path.is_dir() {
+            return Err(Error::RepositoryNotFound {
+                location: location.to_owned(),
+            });
+        }
+        Self::open_with_store(local_store(&path)?, location).await
+    }
+
+    /// Like [`Repository::open`], on any object store (`location` is only used in messages).
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub async fn open_with_store(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+    ) -> Result<Repository> {
+        let bytes = match store.get(&Path::from(CONFIG_NAME)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(Error::backend("read", CONFIG_NAME))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::RepositoryNotFound {
+                    location: location.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::backend("read", CONFIG_NAME)(e)),
+        };
+        let (config, key) = RepoConfig::decode(&bytes)?;
+        Ok(Self::from_parts(store, location, config, key))
+    }
+
+    fn from_parts(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+        config: RepoConfig,
+        key: [u8; 32],
+    ) -> Repository {
+        Repository {
+            inner: Arc::new(RepoInner {
+                location: location.to_owned(),
+                store,
+                chunker: Chunker::new(&config.chunker),
+                config,
+                key,
+                index: RwLock::new(Index::default()),
+                index_refresh: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Repository id, 64 lowercase hex characters.
+    pub fn id(&self) -> &str {
+        &self.inner.config.id
+    }
+
+    /// The location as given to `init`/`open`.
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// Starts a backup session: loads every index file not yet in memory, so content already in
+    /// the repository is not stored again.
+    ///
+    /// # Errors
+    /// [`Error::CorruptObject`] for a damaged index file, [`Error::Backend`].
+    pub async fn begin_backup(&self) -> Result<BackupWriter> {
+        self.inner.refresh_index().await?;
+        Ok(BackupWriter::new(self.clone()))
+    }
+
+    /// All snapshots, oldest first (ties broken by id).
+    ///
+    /// # Errors
+    /// [`Error::CorruptObject`] if a snapshot object is damaged, [`Error::Backend`].
+    pub async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let ids = self.inner.snapshot_ids().await?;
+        let mut snapshots: Vec<Snapshot> = futures::stream::iter(ids)
+            .map(|id| self.inner.load_snapshot(id))
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        snapshots.sort_by_key(|s| (s.time, s.id));
+        Ok(snapshots)
+    }
+
+    /// Finds a snapshot by full id or unique prefix of at least 4 hex digits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`] for non-hex or too short input, [`Error::SnapshotNotFound`],
+    /// [`Error::AmbiguousSnapshotId`], [`Error::CorruptObject`], [`Error::Backend`].
+    pub async fn find_snapshot(&self, id_or_prefix: &str) -> Result<Snapshot> {
+        let wanted = id_or_prefix.trim().to_ascii_lowercase();
+        if wanted.len() < 4 || wanted.len() > 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidId {
+                kind: "snapshot",
+                input: id_or_prefix.to_owned(),
+                expected: "a snapshot id or a prefix of it with at least 4 hex digits",
+            });
+        }
+        if wanted.len() == 64 {
+            return self.inner.load_snapshot(wanted.parse()?).await;
+        }
+        let matches: Vec<SnapshotId> = self
+            .inner
+            .snapshot_ids()
+            .await?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&wanted))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(Error::SnapshotNotFound { id: wanted }),
+            [id] => self.inner.load_snapshot(*id).await,
+            _ => Err(Error::AmbiguousSnapshotId {
+                prefix: wanted,
+                matches: matches.len(),
+            }),
+        }
+    }
+
+    /// The items of a snapshot, in the order they were committed.
+    ///
+    /// # Errors
+    /// As [`Repository::read_content`], and [`Error::CorruptObject`] if the item list does not
+    /// parse.
+    pub async fn load_items(&self, snapshot: &Snapshot) -> Result<Vec<Item>> {
+        let mut parser = ItemParser::new(snapshot);
+        let mut stream = std::pin::pin!(self.read_content(&snapshot.tree));
+        while let Some(chunk) = stream.try_next().await? {
+            parser.push(&chunk)?;
+        }
+        parser.finish()
+    }
+
+    /// Streams the bytes of `content` blob by blob (each at most the maximum chunk size,
+    /// 2 MiB), verifying each blob's keyed hash. A few blobs are fetched ahead.
+    ///
+    /// # Errors
+    /// Each item is an error if the blob cannot be produced: [`Error::BlobNotIndexed`],
+    /// [`Error::MissingObject`] (pack gone), [`Error::CorruptObject`] naming the pack (hash
+    /// mismatch, truncation), [`Error::Backend`].
+    pub fn read_content(
+        &self,
+        content: &ContentRef,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let inner = self.inner.clone();
+        futures::stream::iter(content.blobs.clone())
+            .map(move |id| {
+                let inner = inner.clone();
+                async move { inner.read_blob(id).await }
+            })
+            .buffered(READ_AHEAD_BLOBS)
+    }
+
+    /// Counts and sizes the repository's objects.
+    ///
+    /// # Errors
+    /// [`Error::Backend`], or [`Error::CorruptObject`] for a damaged index file.
+    pub async fn stats(&self) -> Result<RepoStats> {
+        self.inner.refresh_index().await?;
+        let mut stats = RepoStats::default();
+        let mut objects = self.inner.store.list(None);
+        while let Some(meta) = objects
+            .try_next()
+            .await
+            .map_err(Error::backend("list", "/"))?
+        {
+            stats.total_bytes += meta.size;
+            match meta.location.parts().next().as_ref().map(|p| p.as_ref()) {
+                Some("data") => {
+                    stats.pack_count += 1;
+                    stats.pack_bytes += meta.size;
+                }
+                Some("index") => {
+                    stats.index_count += 1;
+                    stats.index_bytes += meta.size;
+                }
+                Some("snapshots") => stats.snapshot_count += 1,
+                _ => {}
+            }
+        }
+        stats.blob_count = self.inner.index.read().expect("index lock").blob_count() as u64;
+        Ok(stats)
+    }
+}
+
+impl RepoInner {
+    /// Reads a whole object; `NotFound` becomes [`Error::MissingObject`].
+    pub(crate) async fn get(&self, kind: &'static str, path: &Path) -> Result<Bytes> {
+        let missing = || Error::MissingObject {
+            kind,
+            name: path.to_string(),
+        };
+        match self.store.get(path).await {
+            Ok(r) => r.bytes().await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => missing(),
+                e => Error::backend("read", path.to_string())(e),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Err(missing()),
+            Err(e) => Err(Error::backend("read", path.to_string())(e)),
+        }
+    }
+
+    /// Writes a new content-addressed object. An existing object of that name has the same
+    /// content, so `AlreadyExists` counts as success.
+    pub(crate) async fn put_new(&self, path: &Path, payload: PutPayload) -> Result<()> {
+        match self
+            .store
+            .put_opts(path, payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(Error::backend("write", path.to_string())(e)),
+        }
+    }
+
+    /// Lists `prefix/` and returns each object's file name and size.
+    pub(crate) async fn list_names(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix_path = Path::from(prefix);
+        self.store
+            .list(Some(&prefix_path))
+            .map_ok(|meta| {
+                let name = meta.location.filename().unwrap_or_default().to_owned();
+                (name, meta.size)
+            })
+            .try_collect()
+            .await
+            .map_err(Error::backend("list", format!("{prefix}/")))
+    }
+
+    pub(crate) async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .list_names("snapshots")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| match name.parse() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(object = %format!("snapshots/{name}"), "ignoring object with a non-id name");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub(crate) async fn load_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
+        let bytes = match self.get("snapshot", &snapshot::snapshot_path(&id)).await {
+            Ok(b) => b,
+            Err(Error::MissingObject { .. }) => {
+                return Err(Error::SnapshotNotFound { id: id.to_hex() })
+            }
+            Err(e) => return Err(e),
+        };
+        snapshot::decode_snapshot(&id, &bytes)
+    }
+
+    /// Merges index files that are not in memory yet.
+    ///
+    /// # Errors
+    /// The first damaged or unreadable index file.
+    pub(crate) async fn refresh_index(&self) -> Result<()> {
+        let _one_at_a_time = self.index_refresh.lock().await;
+        let names = self.list_names("index").await?;
+        let new: Vec<IndexId> = {
+            let index = self.index.read().expect("index lock");
+            names
+                .iter()
+                .filter_map(|(name, _)| name.parse::<IndexId>().ok())
+                .filter(|id| !index.has_file(id))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let loaded: Vec<(IndexId, Vec<index::IndexPack>)> = futures::stream::iter(new)
+            .map(|id| async move {
+                let bytes = self.get("index", &index::index_path(&id)).await?;
+                let packs = tokio::task::spawn_blocking(move || index::decode_index(&id, &bytes))
+                    .await
+                    .map_err(Error::join)??;
+                Ok::<_, Error>((id, packs))
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut index = self.index.write().expect("index lock");
+        for (id, packs) in loaded {
+            for pack in &packs {
+                index.add_pack(pack);
+            }
+            index.mark_file(id);
+        }
+        tracing::debug!(
+            blobs = index.blob_count(),
+            packs = index.packs().len(),
+            "index loaded"
+        );
+        Ok(())
+    }
+
+    fn locate(&self, id: &BlobId) -> Option<Located> {
+        self.index.read().expect("index lock").get(id)
+    }
+
+    pub(crate) async fn read_blob(&self, id: BlobId) -> Result<Bytes> {
+        let located = match self.locate(&id) {
+            Some(l) => l,
+            None => {
+                self.refresh_index().await?;
+                self.locate(&id).ok_or(Error::BlobNotIndexed { id })?
+            }
+        };
+        fetch_blob(&*self.store, &self.key, located).await
+    }
+}
+
+/// Parses a snapshot's item list (JSON Lines) as its bytes arrive.
+pub(crate) struct ItemParser {
+    name: String,
+    pending: Vec<u8>,
+    line_no: usize,
+    items: Vec<Item>,
+}
+
+impl ItemParser {
+    pub(crate) fn new(snapshot: &Snapshot) -> Self {
+        Self {
+            name: snapshot::snapshot_path(&snapshot.id).to_string(),
+            pending: Vec::new(),
+            line_no: 0,
+            items: Vec::with_capacity(snapshot.item_count.min(1 << 20) as usize),
+        }
+    }
+
+    fn parse_line(&mut self, start: usize, end: usize) -> Result<()> {
+        self.line_no += 1;
+        let item = serde_json::from_slice(&self.pending[start..end]).map_err(|e| {
+            Error::CorruptObject {
+                kind: "snapshot",
+                name: self.name.clone(),
+                detail: format!("item list line {}: {e}", self.line_no),
+            }
+        })?;
+        self.items.push(item);
+        Ok(())
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            self.parse_line(start, start + nl)?;
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<Vec<Item>> {
+        if !self.pending.is_empty() {
+            self.parse_line(0, self.pending.len())?;
+        }
+        Ok(self.items)
+    }
+}
+
+/// Fetches one blob's stored bytes from its pack and decodes them (verifying the hash).
+pub(crate) async fn fetch_blob(
+    store: &dyn ObjectStore,
+    key: &[u8; 32],
+    located: Located,
+) -> Result<Bytes> {
+    let path = pack_path(&located.pack.id);
+    let entry = located.entry;
+    let stored = match store.get_range(&path, entry.range()).await {
+        Ok(b) => b,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::MissingObject {
+                kind: "pack",
+                name: path.to_string(),
+            })
+        }
+        Err(e) => {
+            if let Ok(meta) = store.head(&path).await {
+                if meta.size != located.pack.size {
+                    return Err(Error::CorruptObject {
+                        kind: "pack",
+                        name: path.to_string(),
+                        detail: format!(
+                            "{} bytes long, the index says {}: truncated or overwritten",
+                            meta.size, located.pack.size
+                        ),
+                    });
+                }
+            }
+            return Err(Error::backend("read", path.to_string())(e));
+        }
+    };
+    if stored.len() as u64 != u64::from(entry.stored_len) {
+        return Err(Error::CorruptObject {
+            kind: "pack",
+            name: path.to_string(),
+            detail: format!(
+                "blob {} cut short ({} of {} bytes): the pack is truncated",
+                entry.id,
+                stored.len(),
+                entry.stored_len
+            ),
+        });
+    }
+    let key = *key;
+    tokio::task::spawn_blocking(move || {
+        blob::decode(&key, &entry.id, stored, entry.compression, entry.raw_len)
+    })
+    .await
+    .map_err(Error::join)?
+    .map_err(|detail| Error::CorruptObject {
+        kind: "pack",
+        name: path.to_string(),
+        detail: format!("{detail}, at offset {}", entry.offset),
+    })
+}

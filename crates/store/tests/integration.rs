@@ -1,0 +1,1093 @@
+//! Integration tests for m365bk-store: real LocalFileSystem repositories in temp directories,
+//! a real SQLite file.
+
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use m365bk_store::{
+    BackupWriter, Catalog, CheckOptions, ContentRef, Error, Item, JobRun, Repository, Snapshot,
+    SnapshotDraft,
+};
+use rand::{RngCore, SeedableRng};
+
+const MIB: usize = 1024 * 1024;
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    data
+}
+
+fn loc(dir: &Path) -> String {
+    dir.to_str().expect("utf-8 temp path").to_owned()
+}
+
+async fn store(backup: &BackupWriter, data: &[u8], write_sizes: &[usize]) -> ContentRef {
+    let mut writer = backup.content_writer();
+    let mut rest = data;
+    let mut sizes = write_sizes.iter().cycle();
+    while !rest.is_empty() {
+        let n = sizes
+            .next()
+            .copied()
+            .unwrap_or(rest.len())
+            .clamp(1, rest.len());
+        writer.write(&rest[..n]).await.unwrap();
+        rest = &rest[n..];
+    }
+    writer.finish().await.unwrap()
+}
+
+async fn read_all(repo: &Repository, content: &ContentRef) -> m365bk_store::Result<Vec<u8>> {
+    let parts: Vec<bytes::Bytes> = repo.read_content(content).try_collect().await?;
+    Ok(parts.concat())
+}
+
+fn item(path: &str, content: Option<ContentRef>) -> Item {
+    Item {
+        kind: "message".to_owned(),
+        id: format!("id-{path}"),
+        parent_id: Some("folder-1".to_owned()),
+        path: path.to_owned(),
+        change_key: Some("ck1".to_owned()),
+        size: content.as_ref().map_or(0, |c| c.size),
+        modified: Some("2026-11-29T10:00:00Z".parse().unwrap()),
+        metadata: serde_json::json!({"subject": path, "from": "adele@contoso.com"}),
+        content,
+    }
+}
+
+fn draft(resource: &str, items: Vec<Item>) -> SnapshotDraft {
+    SnapshotDraft {
+        service: "exchange".to_owned(),
+        resource_id: resource.to_owned(),
+        resource_name: format!("{resource}@contoso.com"),
+        job_id: "nightly-mail".to_owned(),
+        tags: vec!["test".to_owned()],
+        parent: None,
+        items,
+        state: serde_json::json!({"deltaLinks": {"inbox": "https://graph/delta?token=1"}}),
+        skipped: vec![],
+    }
+}
+
+fn pack_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = std::fs::read_dir(dir.join("data")) else {
+        return out;
+    };
+    for sub in subdirs {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if !p.to_string_lossy().contains('#') {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Segments of random or repetitive bytes, so both compressed and raw blobs occur.
+    fn build(segments: &[(u8, usize, bool)], seed: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, &(byte, len, random)) in segments.iter().enumerate() {
+            if random {
+                data.extend(random_bytes(len, seed ^ i as u64));
+            } else {
+                data.extend(std::iter::repeat_n(byte, len));
+            }
+        }
+        data
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Any bytes, split into any writes, read back the same; the chunking does not depend
+        /// on the split.
+        #[test]
+        fn any_stream_round_trips_independent_of_write_sizes(
+            segments in prop::collection::vec((any::<u8>(), 1usize..1_500_000, any::<bool>()), 0..6),
+            seed in any::<u64>(),
+            sizes_a in prop::collection::vec(1usize..3_000_000, 1..8),
+            sizes_b in prop::collection::vec(1usize..70_000, 1..8),
+        ) {
+            let data = build(&segments, seed);
+            let rt = runtime();
+            let dir = tempfile::tempdir().unwrap();
+            rt.block_on(async {
+                let repo = Repository::init(&loc(dir.path())).await.unwrap();
+                let backup = repo.begin_backup().await.unwrap();
+                let a = store(&backup, &data, &sizes_a).await;
+                let b = store(&backup, &data, &sizes_b).await;
+                prop_assert_eq!(a.size, data.len() as u64);
+                prop_assert_eq!(&a, &b);
+                let stats = backup.stats();
+                prop_assert_eq!(stats.bytes_in, 2 * data.len() as u64);
+                prop_assert_eq!(stats.blobs_in, 2 * a.blobs.len() as u64);
+                prop_assert!(stats.bytes_new <= data.len() as u64);
+                backup.commit_snapshot(draft("u1", vec![item("x", Some(a.clone()))])).await.unwrap();
+                backup.finish().await.unwrap();
+                let repo = Repository::open(&loc(dir.path())).await.unwrap();
+                let back = read_all(&repo, &a).await.unwrap();
+                prop_assert!(back == data, "content differs: {} vs {} bytes", back.len(), data.len());
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_bytes_same_ids_in_one_repository_different_in_another() {
+        let data = random_bytes(3 * MIB, 11);
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let repo_a = Repository::init(&loc(dir_a.path())).await.unwrap();
+        let repo_b = Repository::init(&loc(dir_b.path())).await.unwrap();
+        assert_ne!(repo_a.id(), repo_b.id());
+
+        let first = {
+            let backup = repo_a.begin_backup().await.unwrap();
+            let c = store(&backup, &data, &[100_000]).await;
+            backup.finish().await.unwrap();
+            c
+        };
+        let second = {
+            let backup = Repository::open(&loc(dir_a.path()))
+                .await
+                .unwrap()
+                .begin_backup()
+                .await
+                .unwrap();
+            let c = store(&backup, &data, &[MIB]).await;
+            let stats = backup.finish().await.unwrap();
+            assert_eq!(
+                stats.blobs_new, 0,
+                "everything is already in the repository"
+            );
+            assert_eq!(stats.packs_written, 0);
+            c
+        };
+        assert_eq!(first, second);
+        assert!(first.blobs.len() >= 2, "3 MiB should be several chunks");
+
+        let other = {
+            let backup = repo_b.begin_backup().await.unwrap();
+            let c = store(&backup, &data, &[MIB]).await;
+            backup.finish().await.unwrap();
+            c
+        };
+        assert_eq!(other.size, first.size);
+        for id in &other.blobs {
+            assert!(
+                !first.blobs.contains(id),
+                "blob id {id} shared across repositories"
+            );
+        }
+        assert_eq!(read_all(&repo_b, &other).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn empty_and_tiny_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let empty = backup.content_writer().finish().await.unwrap();
+        assert_eq!(
+            empty,
+            ContentRef {
+                size: 0,
+                blobs: vec![]
+            }
+        );
+        let tiny = store(&backup, b"x", &[1]).await;
+        assert_eq!(tiny.blobs.len(), 1);
+        backup.finish().await.unwrap();
+        assert_eq!(read_all(&repo, &empty).await.unwrap(), b"");
+        assert_eq!(read_all(&repo, &tiny).await.unwrap(), b"x");
+    }
+}
+
+mod dedup {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_five_mib_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let data = random_bytes(5 * MIB, 5);
+        let backup = repo.begin_backup().await.unwrap();
+        let a = store(&backup, &data, &[64 * 1024]).await;
+        let b = store(&backup, &data, &[3 * MIB]).await;
+        assert_eq!(a, b);
+        let stats = backup.finish().await.unwrap();
+        assert_eq!(stats.bytes_in, 10 * MIB as u64);
+        assert_eq!(stats.blobs_in, 2 * a.blobs.len() as u64);
+        assert_eq!(stats.blobs_new, a.blobs.len() as u64);
+        assert_eq!(stats.bytes_new, 5 * MIB as u64);
+        assert_eq!(stats.packs_written, 1);
+
+        let repo_stats = repo.stats().await.unwrap();
+        assert_eq!(repo_stats.pack_count, 1);
+        assert_eq!(repo_stats.pack_bytes, stats.bytes_stored);
+        // Random data is stored raw: 5 MiB plus header and a small trailer, once.
+        assert!(repo_stats.pack_bytes > 5 * MIB as u64);
+        assert!(
+            repo_stats.pack_bytes < 5 * MIB as u64 + 4096,
+            "{}",
+            repo_stats.pack_bytes
+        );
+        assert_eq!(repo_stats.blob_count, a.blobs.len() as u64);
+        assert_eq!(repo_stats.index_count, 1);
+        assert_eq!(repo_stats.snapshot_count, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn insertion_in_the_middle_reuses_most_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let original = random_bytes(16 * MIB, 77);
+        let mut edited = original.clone();
+        let insert = random_bytes(1000, 78);
+        edited.splice(8 * MIB..8 * MIB, insert);
+
+        let backup = repo.begin_backup().await.unwrap();
+        let a = store(&backup, &original, &[MIB]).await;
+        let before = backup.stats();
+        let b = store(&backup, &edited, &[777_777]).await;
+        let after = backup.stats();
+        backup.finish().await.unwrap();
+
+        let shared = b.blobs.iter().filter(|id| a.blobs.contains(id)).count();
+        let new_blobs = after.blobs_new - before.blobs_new;
+        let new_bytes = after.bytes_new - before.bytes_new;
+        assert!(
+            a.blobs.len() >= 30,
+            "16 MiB at 256 KiB average: {} chunks",
+            a.blobs.len()
+        );
+        assert!(
+            new_blobs <= 3,
+            "{new_blobs} new chunks for a 1000-byte insertion"
+        );
+        assert_eq!(shared + new_blobs as usize, b.blobs.len());
+        assert!(new_bytes < 4 * MIB as u64, "{new_bytes} new bytes");
+        assert_eq!(read_all(&repo, &b).await.unwrap(), edited);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressible_content_is_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let text = b"From: adele@contoso.com\r\nSubject: quarterly report\r\n\r\nPlease find the numbers below.\r\n"
+            .repeat(40_000);
+        let backup = repo.begin_backup().await.unwrap();
+        let c = store(&backup, &text, &[4096]).await;
+        let stats = backup.finish().await.unwrap();
+        assert_eq!(stats.bytes_new, text.len() as u64);
+        assert!(
+            stats.bytes_stored * 10 < text.len() as u64,
+            "{} stored for {}",
+            stats.bytes_stored,
+            text.len()
+        );
+        assert_eq!(read_all(&repo, &c).await.unwrap(), text);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_one_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = std::sync::Arc::new(repo.begin_backup().await.unwrap());
+        let shared = random_bytes(3 * MIB, 1000);
+        let mut tasks = Vec::new();
+        for t in 0..6u64 {
+            let backup = backup.clone();
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                // Own data big enough that packs seal and upload while others write.
+                let mut data = random_bytes(6 * MIB, t);
+                data.extend_from_slice(&shared);
+                let c = store(&backup, &data, &[300_000 + t as usize * 1000]).await;
+                (data, c)
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let items = results
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| item(&format!("f{i}"), Some(c.clone())))
+            .collect();
+        for (_, c) in &results {
+            assert!(backup.contains(c));
+        }
+        let stats = backup.stats();
+        assert_eq!(stats.bytes_in, 54 * MIB as u64);
+        // Own data is new; of the shared 3 MiB each writer adds at most the chunk that
+        // straddles the boundary (max 2 MiB) before cut points resynchronise.
+        assert!(stats.bytes_new >= 39 * MIB as u64, "{}", stats.bytes_new);
+        assert!(
+            stats.bytes_new <= 51 * MIB as u64,
+            "shared data stored once: {}",
+            stats.bytes_new
+        );
+        let snapshot = backup.commit_snapshot(draft("u1", items)).await.unwrap();
+        let backup = std::sync::Arc::into_inner(backup).unwrap();
+        let stats = backup.finish().await.unwrap();
+        // 39+ MiB of random (stored raw) data in 16 MiB packs.
+        assert!(stats.packs_written >= 3, "{stats:?}");
+        // Random data is stored raw: stored ≈ new (± pack headers/trailers and the item list).
+        assert!(
+            stats.bytes_stored.abs_diff(stats.bytes_new) < 64 * 1024,
+            "{stats:?}"
+        );
+
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let items = repo.load_items(&snapshot).await.unwrap();
+        for ((data, _), item) in results.iter().zip(&items) {
+            assert_eq!(
+                &read_all(&repo, item.content.as_ref().unwrap())
+                    .await
+                    .unwrap(),
+                data
+            );
+        }
+        assert!(repo
+            .check(CheckOptions { read_data: true })
+            .await
+            .unwrap()
+            .is_ok());
+    }
+
+    /// Regression: a blob claimed by one writer but not yet in a pack must not let a commit
+    /// (racing with that writer) write a snapshot that refers to it before it is indexed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_while_writers_run_covers_every_finished_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = std::sync::Arc::new(repo.begin_backup().await.unwrap());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for t in 0..4u64 {
+            let backup = backup.clone();
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..6u64 {
+                    // Same attachment in every writer's round, different write sizes.
+                    let data = random_bytes(700_000 + round as usize * 100_000, round);
+                    let c = store(&backup, &data, &[10_000 + t as usize * 3_001]).await;
+                    tx.send((round, data, c)).unwrap();
+                }
+            }));
+        }
+        drop(tx);
+        let mut batch = Vec::new();
+        let mut commits = 0;
+        while let Some(done) = rx.recv().await {
+            batch.push(done);
+            if batch.len() == 3 || rx.is_closed() && rx.is_empty() {
+                let items = batch
+                    .iter()
+                    .map(|(r, _, c)| item(&format!("r{r}"), Some(c.clone())))
+                    .collect();
+                let snapshot = backup.commit_snapshot(draft("u", items)).await.unwrap();
+                commits += 1;
+                // Durable and complete right now, for a reader that starts from scratch.
+                let reader = Repository::open(&loc(dir.path())).await.unwrap();
+                let items = reader.load_items(&snapshot).await.unwrap();
+                for ((_, data, _), item) in batch.iter().zip(&items) {
+                    assert_eq!(
+                        &read_all(&reader, item.content.as_ref().unwrap())
+                            .await
+                            .unwrap(),
+                        data
+                    );
+                }
+                batch.clear();
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(batch.is_empty());
+        assert_eq!(commits, 8);
+        let backup = std::sync::Arc::into_inner(backup).unwrap();
+        let stats = backup.finish().await.unwrap();
+        let distinct: u64 = (0..6).map(|r| 700_000 + r * 100_000).sum();
+        assert!(
+            stats.bytes_new < distinct + 8 * 200_000,
+            "identical data stored once: {}",
+            stats.bytes_new
+        );
+    }
+}
+
+mod snapshots {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_commit_list_and_find_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let mut committed = Vec::new();
+        for (i, user) in ["adele", "bob", "carol"].iter().enumerate() {
+            let c = store(&backup, format!("message body {i}").as_bytes(), &[7]).await;
+            let mut d = draft(
+                user,
+                vec![item("Inbox/a.eml", Some(c)), item("Inbox", None)],
+            );
+            d.parent = committed.last().map(|s: &Snapshot| s.id);
+            d.skipped = vec![m365bk_store::SkippedItem {
+                path: "Inbox/locked.eml".into(),
+                id: "AAMk-locked".into(),
+                reason: "403 ErrorAccessDenied".into(),
+            }];
+            committed.push(backup.commit_snapshot(d).await.unwrap());
+        }
+        backup.finish().await.unwrap();
+
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let listed = repo.list_snapshots().await.unwrap();
+        assert_eq!(listed, committed);
+        assert!(listed.windows(2).all(|w| w[0].time <= w[1].time));
+        assert_eq!(listed[1].parent, Some(listed[0].id));
+        assert_eq!(listed[2].resource_id, "carol");
+        assert_eq!(listed[2].item_count, 2);
+        assert_eq!(listed[2].total_size, "message body 2".len() as u64);
+        assert_eq!(listed[2].skipped[0].reason, "403 ErrorAccessDenied");
+        assert_eq!(
+            listed[0].state["deltaLinks"]["inbox"],
+            "https://graph/delta?token=1"
+        );
+
+        let by_prefix = repo
+            .find_snapshot(&listed[1].id.to_string()[..12])
+            .await
+            .unwrap();
+        assert_eq!(by_prefix, listed[1]);
+        let by_full = repo
+            .find_snapshot(&listed[2].id.to_string().to_uppercase())
+            .await
+            .unwrap();
+        assert_eq!(by_full.id, listed[2].id);
+
+        let items = repo.load_items(&listed[2]).await.unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].path, "Inbox/a.eml");
+        assert_eq!(items[0].metadata["from"], "adele@contoso.com");
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            b"message body 2"
+        );
+
+        let err = repo.find_snapshot("abc").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { .. }), "{err}");
+        let err = repo.find_snapshot(&"0".repeat(64)).await.unwrap_err();
+        assert!(matches!(err, Error::SnapshotNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("m365bk snapshots"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_item_list_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let items: Vec<Item> = (0..20_000)
+            .map(|i| item(&format!("Inbox/{i:05}.eml"), None))
+            .collect();
+        let snapshot = backup
+            .commit_snapshot(draft("u", items.clone()))
+            .await
+            .unwrap();
+        assert!(
+            snapshot.tree.blobs.len() > 1,
+            "a multi-MiB item list spans several chunks"
+        );
+        assert_eq!(repo.load_items(&snapshot).await.unwrap(), items);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unchanged_content_is_reused_from_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let data = random_bytes(MIB, 3);
+        let first = {
+            let backup = repo.begin_backup().await.unwrap();
+            let c = store(&backup, &data, &[MIB]).await;
+            let s = backup
+                .commit_snapshot(draft("u", vec![item("a", Some(c))]))
+                .await
+                .unwrap();
+            backup.finish().await.unwrap();
+            s
+        };
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let parent_items = repo.load_items(&first).await.unwrap();
+        let reused = parent_items[0].content.clone().unwrap();
+        assert!(backup.contains(&reused));
+        let bogus = ContentRef {
+            size: 1,
+            blobs: vec![m365bk_store::BlobId::from_bytes([7; 32])],
+        };
+        assert!(!backup.contains(&bogus));
+        let mut d = draft("u", parent_items);
+        d.parent = Some(first.id);
+        let second = backup.commit_snapshot(d).await.unwrap();
+        let stats = backup.finish().await.unwrap();
+        assert_eq!(stats.blobs_new, 0, "the item list is identical too");
+        let items = repo.load_items(&second).await.unwrap();
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            data
+        );
+    }
+}
+
+mod damage {
+    use super::*;
+
+    /// Two snapshots whose data lives in different packs; returns (dir, snapshot A, B, pack A, pack B).
+    async fn two_snapshots_two_packs() -> (tempfile::TempDir, Snapshot, Snapshot, PathBuf, PathBuf)
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let a = store(&backup, &random_bytes(MIB, 1), &[MIB]).await;
+        let snap_a = backup
+            .commit_snapshot(draft("adele", vec![item("a.bin", Some(a))]))
+            .await
+            .unwrap();
+        let packs_a = pack_files(dir.path());
+        assert_eq!(packs_a.len(), 1);
+        let b = store(&backup, &random_bytes(MIB, 2), &[MIB]).await;
+        let snap_b = backup
+            .commit_snapshot(draft("bob", vec![item("b.bin", Some(b))]))
+            .await
+            .unwrap();
+        backup.finish().await.unwrap();
+        let packs = pack_files(dir.path());
+        assert_eq!(packs.len(), 2);
+        let pack_b = packs.into_iter().find(|p| *p != packs_a[0]).unwrap();
+        (dir, snap_a, snap_b, packs_a[0].clone(), pack_b)
+    }
+
+    async fn content_of(repo: &Repository, s: &Snapshot) -> ContentRef {
+        repo.load_items(s).await.unwrap()[0]
+            .content
+            .clone()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flipped_byte_in_a_pack_is_found_and_named() {
+        let (dir, snap_a, snap_b, pack_a, _) = two_snapshots_two_packs().await;
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let content_a = content_of(&repo, &snap_a).await;
+
+        // Inside A's content blob: it starts right after the 8-byte header.
+        let mut bytes = std::fs::read(&pack_a).unwrap();
+        bytes[8 + 1000] ^= 0x40;
+        std::fs::write(&pack_a, &bytes).unwrap();
+
+        let err = read_all(&repo, &content_a).await.unwrap_err();
+        let pack_name = file_name(&pack_a);
+        assert!(
+            matches!(err, Error::CorruptObject { kind: "pack", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&pack_name), "{err}");
+        assert!(err.to_string().contains("hash mismatch"), "{err}");
+        assert!(
+            err.to_string().contains("m365bk check --read-data"),
+            "{err}"
+        );
+
+        // Other snapshot: unaffected.
+        let content_b = content_of(&repo, &snap_b).await;
+        assert_eq!(
+            read_all(&repo, &content_b).await.unwrap(),
+            random_bytes(MIB, 2)
+        );
+
+        // Structure is intact (sizes unchanged): a plain check passes.
+        let report = repo.check(CheckOptions { read_data: false }).await.unwrap();
+        assert!(report.is_ok(), "{:#?}", report.errors);
+        assert_eq!(report.snapshots_checked, 2);
+        assert_eq!(report.packs_checked, 0);
+
+        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        assert_eq!(report.packs_checked, 2);
+        assert_eq!(report.snapshots_checked, 2);
+        assert_eq!(report.errors.len(), 1, "{:#?}", report.errors);
+        let problem = &report.errors[0];
+        assert!(problem.object.starts_with("data/"), "{}", problem.object);
+        assert!(problem.object.ends_with(&pack_name), "{}", problem.object);
+        let in_pack = content_a.blobs.len() + snap_a.tree.blobs.len();
+        assert!(
+            problem
+                .problem
+                .contains(&format!("1 of {in_pack} blobs damaged")),
+            "{}",
+            problem.problem
+        );
+        assert!(
+            problem.problem.contains(&content_a.blobs[0].to_string()),
+            "{}",
+            problem.problem
+        );
+        assert_eq!(problem.affected_snapshots, vec![snap_a.id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncated_pack_is_reported() {
+        let (dir, snap_a, snap_b, _, pack_b) = two_snapshots_two_packs().await;
+        let full = std::fs::metadata(&pack_b).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pack_b)
+            .unwrap();
+        f.set_len(full / 2).unwrap();
+        drop(f);
+
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let report = repo.check(CheckOptions::default()).await.unwrap();
+        let pack_problems: Vec<_> = report
+            .errors
+            .iter()
+            .filter(|p| p.object.starts_with("data/"))
+            .collect();
+        assert_eq!(pack_problems.len(), 1, "{:#?}", report.errors);
+        let p = pack_problems[0];
+        assert!(p.object.ends_with(&file_name(&pack_b)));
+        assert!(
+            p.problem
+                .contains(&format!("{} bytes long, the index says {full}", full / 2)),
+            "{}",
+            p.problem
+        );
+        assert!(p.problem.contains("truncated"), "{}", p.problem);
+        assert_eq!(p.affected_snapshots, vec![snap_b.id]);
+        // B's item list lived in the lost half too.
+        assert!(report
+            .errors
+            .iter()
+            .any(|p| p.object.ends_with(&snap_b.id.to_string())
+                && p.problem.contains("item list unreadable")));
+
+        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        let p = report
+            .errors
+            .iter()
+            .find(|p| p.object.ends_with(&file_name(&pack_b)))
+            .unwrap();
+        assert!(
+            p.problem.contains("beyond the end of the pack"),
+            "{}",
+            p.problem
+        );
+        assert_eq!(p.affected_snapshots, vec![snap_b.id]);
+
+        // A is still readable; B's data gives a clear error.
+        let content_a = content_of(&repo, &snap_a).await;
+        assert_eq!(
+            read_all(&repo, &content_a).await.unwrap(),
+            random_bytes(MIB, 1)
+        );
+        let err = repo.load_items(&snap_b).await.unwrap_err();
+        assert!(
+            matches!(err, Error::CorruptObject { kind: "pack", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_index_file_is_reported() {
+        let (dir, snap_a, snap_b, _, _) = two_snapshots_two_packs().await;
+        let mut index_files: Vec<_> = std::fs::read_dir(dir.path().join("index"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        index_files.sort();
+        assert_eq!(index_files.len(), 2, "one index file per commit");
+        for f in &index_files {
+            std::fs::remove_file(f).unwrap();
+        }
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let report = repo.check(CheckOptions::default()).await.unwrap();
+        assert_eq!(report.unindexed_packs.len(), 2);
+        assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
+        for problem in &report.errors {
+            assert!(
+                problem.problem.contains("in no index file"),
+                "{}",
+                problem.problem
+            );
+            assert!(
+                problem.problem.contains("index file is probably lost"),
+                "{}",
+                problem.problem
+            );
+            assert!(
+                problem.problem.contains("do not prune"),
+                "{}",
+                problem.problem
+            );
+        }
+        let mut affected: Vec<_> = report
+            .errors
+            .iter()
+            .flat_map(|p| p.affected_snapshots.clone())
+            .collect();
+        affected.sort();
+        let mut expected = vec![snap_a.id, snap_b.id];
+        expected.sort();
+        assert_eq!(affected, expected);
+
+        let err = repo.load_items(&snap_a).await.unwrap_err();
+        assert!(matches!(err, Error::BlobNotIndexed { .. }), "{err}");
+        assert!(err.to_string().contains("in no index file"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_backup_leaves_a_readable_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let first = {
+            let backup = repo.begin_backup().await.unwrap();
+            let c = store(&backup, b"kept", &[4]).await;
+            backup
+                .commit_snapshot(draft("u", vec![item("kept", Some(c))]))
+                .await
+                .unwrap()
+        };
+        {
+            // More than one pack of data, then "crash": no commit, no finish.
+            let backup = repo.begin_backup().await.unwrap();
+            let _lost = store(&backup, &random_bytes(20 * MIB, 9), &[MIB]).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pack_files(dir.path()).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "background pack upload never landed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        assert!(report.is_ok(), "{:#?}", report.errors);
+        assert_eq!(report.unindexed_packs.len(), 1, "the orphan pack");
+        assert_eq!(repo.list_snapshots().await.unwrap(), vec![first.clone()]);
+        let items = repo.load_items(&first).await.unwrap();
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            b"kept"
+        );
+    }
+}
+
+mod locations {
+    use super::*;
+
+    #[tokio::test]
+    async fn not_a_repository_says_how_to_fix_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Repository::open(&loc(dir.path())).await.unwrap_err();
+        assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&loc(dir.path())), "{text}");
+        assert!(text.contains("run `m365bk init` first"), "{text}");
+        assert!(text.contains("repository.url"), "{text}");
+
+        let missing = dir.path().join("nope");
+        let err = Repository::open(&loc(&missing)).await.unwrap_err();
+        assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
+        assert!(!missing.exists(), "open must not create anything");
+    }
+
+    #[tokio::test]
+    async fn init_twice_file_urls_and_unsupported_schemes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/repo");
+        let url = format!("file://{}", path.display());
+        let repo = Repository::init(&url).await.unwrap();
+        assert_eq!(repo.id().len(), 64);
+        assert!(path.join("config").is_file());
+
+        let err = Repository::init(&loc(&path)).await.unwrap_err();
+        assert!(matches!(err, Error::RepositoryExists { .. }), "{err}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+
+        let reopened = Repository::open(&loc(&path)).await.unwrap();
+        assert_eq!(reopened.id(), repo.id());
+
+        let err = Repository::open("s3://bucket/prefix").await.unwrap_err();
+        assert!(matches!(err, Error::UnsupportedLocation { .. }), "{err}");
+        assert!(err.to_string().contains("s3://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn relative_paths_resolve_against_cwd() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let rel = file_name(dir.path());
+        let repo = Repository::init(&rel).await.unwrap();
+        assert!(dir.path().join("config").is_file());
+        assert_eq!(Repository::open(&rel).await.unwrap().id(), repo.id());
+    }
+
+    #[tokio::test]
+    async fn newer_config_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init(&loc(dir.path())).await.unwrap();
+        let config = dir.path().join("config");
+        let mut bytes = std::fs::read(&config).unwrap();
+        bytes[4] = 9;
+        std::fs::write(&config, bytes).unwrap();
+        let err = Repository::open(&loc(dir.path())).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnsupportedVersion {
+                    found: 9,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade m365bk"), "{err}");
+    }
+}
+
+mod catalog {
+    use super::*;
+
+    async fn repo_with_snapshots(dir: &Path) -> (Repository, Vec<Snapshot>) {
+        let repo = Repository::init(&loc(dir)).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let mut snaps = Vec::new();
+        for (i, user) in ["adele", "bob", "carol"].iter().enumerate() {
+            let mut items = vec![item("Inbox", None)];
+            for j in 0..=i {
+                let c = store(&backup, format!("{user} message {j}").as_bytes(), &[5]).await;
+                items.push(item(&format!("Inbox/{j}.eml"), Some(c)));
+            }
+            snaps.push(backup.commit_snapshot(draft(user, items)).await.unwrap());
+        }
+        backup.finish().await.unwrap();
+        (repo, snaps)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_and_rebuild_reproduce_rows_from_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, snaps) = repo_with_snapshots(dir.path()).await;
+        let cat_dir = tempfile::tempdir().unwrap();
+        let db = cat_dir.path().join("state/catalog.sqlite");
+        let catalog = Catalog::open(&db).unwrap();
+
+        // The worker's path: record right after commit.
+        let items0 = repo.load_items(&snaps[0]).await.unwrap();
+        catalog
+            .record_snapshot(repo.id(), &snaps[0], &items0)
+            .unwrap();
+
+        let stats = catalog.sync(&repo).await.unwrap();
+        assert_eq!((stats.added, stats.removed), (2, 0));
+        let rows = catalog.snapshots(repo.id()).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            snaps.iter().map(|s| s.id).collect::<Vec<_>>()
+        );
+        assert_eq!(rows[2].resource_id, "carol");
+        assert_eq!(rows[2].item_count, 4);
+        assert_eq!(rows[2].tags, vec!["test".to_owned()]);
+        assert_eq!(rows[2].time, snaps[2].time);
+
+        let item_rows = catalog.items(&snaps[2].id).unwrap();
+        let items2 = repo.load_items(&snaps[2]).await.unwrap();
+        assert_eq!(item_rows.len(), 4);
+        for (row, item) in item_rows.iter().zip(&items2) {
+            assert_eq!(row.id, item.id);
+            assert_eq!(row.path, item.path);
+            assert_eq!(row.size, item.size);
+            assert_eq!(row.modified, item.modified);
+            assert_eq!(row.change_key, item.change_key);
+            assert_eq!(row.content(), item.content);
+        }
+        assert_eq!(
+            catalog.sync(&repo).await.unwrap(),
+            m365bk_store::SyncStats {
+                added: 0,
+                removed: 0
+            }
+        );
+
+        // A snapshot removed from the repository disappears from the catalog.
+        std::fs::remove_file(dir.path().join("snapshots").join(snaps[1].id.to_string())).unwrap();
+        let stats = catalog.sync(&repo).await.unwrap();
+        assert_eq!((stats.added, stats.removed), (0, 1));
+        assert!(catalog.items(&snaps[1].id).unwrap().is_empty());
+        let before_rows = catalog.snapshots(repo.id()).unwrap();
+        let before_items: Vec<_> = before_rows
+            .iter()
+            .map(|r| catalog.items(&r.id).unwrap())
+            .collect();
+
+        // Rebuild in place, and from scratch in a new file: same rows.
+        let stats = catalog.rebuild(&repo).await.unwrap();
+        assert_eq!((stats.added, stats.removed), (2, 2));
+        assert_eq!(catalog.snapshots(repo.id()).unwrap(), before_rows);
+        let fresh = Catalog::open(&cat_dir.path().join("fresh.sqlite")).unwrap();
+        fresh.rebuild(&repo).await.unwrap();
+        assert_eq!(fresh.snapshots(repo.id()).unwrap(), before_rows);
+        let fresh_items: Vec<_> = before_rows
+            .iter()
+            .map(|r| fresh.items(&r.id).unwrap())
+            .collect();
+        assert_eq!(fresh_items, before_items);
+        assert_eq!(fresh.schema_version().unwrap(), 1);
+
+        // WAL mode persists in the file.
+        drop(catalog);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn job_runs_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+        for (i, outcome) in ["ok", "refused", "partial"].iter().enumerate() {
+            let start: chrono::DateTime<chrono::Utc> =
+                format!("2026-11-2{}T01:00:00Z", i + 1).parse().unwrap();
+            catalog
+                .record_job_run(&JobRun {
+                    job_id: "nightly-mail".into(),
+                    service: "exchange".into(),
+                    operation: "backup".into(),
+                    started_at: start,
+                    finished_at: start + chrono::Duration::minutes(5),
+                    outcome: (*outcome).into(),
+                    detail: serde_json::json!({"missing": ["Mail.Read"]}),
+                })
+                .unwrap();
+        }
+        let runs = catalog.job_runs(2).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].outcome, "partial");
+        assert_eq!(runs[1].outcome, "refused");
+        assert_eq!(runs[1].detail["missing"][0], "Mail.Read");
+        assert_eq!(
+            runs[0].finished_at - runs[0].started_at,
+            chrono::Duration::minutes(5)
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.sqlite");
+        drop(Catalog::open(&db).unwrap());
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 7)
+            .unwrap();
+        let err = Catalog::open(&db).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CatalogVersion {
+                    found: 7,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("catalog rebuild"), "{err}");
+    }
+}
+
+#[test]
+fn random_bytes_is_deterministic() {
+    assert_eq!(random_bytes(100, 1), random_bytes(100, 1));
+    assert_ne!(random_bytes(100, 1), random_bytes(100, 2));
+}
+
+/// Throughput smoke test, not run by default:
+/// `cargo test -p m365bk-store --test integration throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints numbers"]
+async fn throughput_smoke() {
+    let total = 256 * MIB;
+    let random = random_bytes(total, 42);
+    let text: Vec<u8> = (0..total / 64)
+        .flat_map(|i| {
+            format!("{i:08} Subject: status report for the week, all fine {i:06}\n").into_bytes()
+        })
+        .take(total)
+        .collect();
+    for (name, data) in [("random", &random), ("text", &text)] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let t = std::time::Instant::now();
+        let backup = repo.begin_backup().await.unwrap();
+        let c = store(&backup, data, &[MIB]).await;
+        let stats = backup.finish().await.unwrap();
+        let write = t.elapsed();
+        let t = std::time::Instant::now();
+        let backup = repo.begin_backup().await.unwrap();
+        store(&backup, data, &[MIB]).await;
+        backup.finish().await.unwrap();
+        let dedup = t.elapsed();
+        let t = std::time::Instant::now();
+        let back = read_all(&repo, &c).await.unwrap();
+        let read = t.elapsed();
+        assert_eq!(back.len(), data.len());
+        let mbps = |d: std::time::Duration| total as f64 / MIB as f64 / d.as_secs_f64();
+        println!(
+            "{name}: {} MiB, {} chunks, stored {} MiB in {} packs; new write {:.0} MiB/s, \
+             dedup rewrite {:.0} MiB/s, read {:.0} MiB/s",
+            total / MIB,
+            c.blobs.len(),
+            stats.bytes_stored / MIB as u64,
+            stats.packs_written,
+            mbps(write),
+            mbps(dedup),
+            mbps(read)
+        );
+    }
+}
