@@ -109,8 +109,6 @@ pub enum ConfigError {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The config file these came from.
-    pub config_path: PathBuf,
     /// Tenant id.
     pub tenant_id: String,
     /// Client id.
@@ -248,7 +246,6 @@ impl Settings {
                 .into_owned()
         };
         Ok(Settings {
-            config_path: path.to_path_buf(),
             tenant_id: file.tenant.tenant_id,
             client_id: file.tenant.client_id,
             secret_file: file.tenant.client_secret_file.as_deref().map(resolve),

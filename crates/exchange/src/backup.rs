@@ -413,7 +413,7 @@ pub async fn backup_mailbox(
         resource_name: user.user_principal_name.clone(),
         job_id: job.spec().id.to_string(),
         tags: Vec::new(),
-        parent: parent.map(|p| p.snapshot.id.clone()),
+        parent: parent.map(|p| p.snapshot.id),
         items: draft.items,
         state: Value::Object(draft.state),
         skipped: draft.skipped,

@@ -223,10 +223,14 @@ pub async fn authorize(ctx: &GateContext, spec: JobSpec) -> Result<AuthorizedJob
             .tokens
             .token(&audience(api, ctx)?)
             .await
-            .map_err(|source| Error::Token { api, source })?;
-        let claims = token
-            .claims()
-            .map_err(|source| Error::Token { api, source })?;
+            .map_err(|source| Error::Token {
+                api,
+                source: Box::new(source),
+            })?;
+        let claims = token.claims().map_err(|source| Error::Token {
+            api,
+            source: Box::new(source),
+        })?;
         held.push((api, claims.roles.map(|r| r.into_iter().collect())));
     }
     let mut report = PermissionReport {

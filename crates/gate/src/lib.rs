@@ -48,7 +48,7 @@ pub enum Error {
         api: Api,
         /// The underlying failure.
         #[source]
-        source: m365bk_graph::Error,
+        source: Box<m365bk_graph::Error>,
     },
     /// The job calls the SharePoint API but no SharePoint host is configured.
     #[error("this job needs a SharePoint API token, but tenant.sharepoint_host is not set: add `sharepoint_host = \"TENANT.sharepoint.com\"` to the [tenant] section of the config")]
