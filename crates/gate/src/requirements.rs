@@ -139,7 +139,8 @@ mod tests {
         let r = JobSpec::new(Service::OneDrive, Operation::Recovery, UserSelection::All);
         assert_eq!(names(&r), ["Files.ReadWrite.All"]);
         let d = JobSpec::new(Service::OneDrive, Operation::Discovery, UserSelection::All);
-        assert_eq!(names(&d), ["User.Read.All"]);
+        // The matrix lists Files.Read.All for discovery too (finding provisioned drives).
+        assert_eq!(names(&d), ["User.Read.All", "Files.Read.All"]);
     }
 
     #[test]
