@@ -8,7 +8,8 @@ use m365bk_gate::{
     UserSelection,
 };
 use m365bk_graph::{
-    ClientSecretCredential, Endpoints, GraphClient, HttpClient, HttpOptions, TokenProvider,
+    ClientSecretCredential, Endpoints, GraphClient, HttpClient, HttpOptions, SdkDirectory,
+    TokenProvider,
 };
 use m365bk_store::{Catalog, CheckOptions, Item, JobRun, Repository, Snapshot};
 use serde_json::json;
@@ -166,12 +167,20 @@ fn gate_context(settings: &Settings) -> anyhow::Result<GateContext> {
         secret: secret.into(),
     };
     let tokens = Arc::new(TokenProvider::new(http.clone(), endpoints, credential));
+    // graph-rs-sdk's typed requests for single directory reads; our own client for the rest
+    // (DESIGN §6).
+    let directory = Arc::new(SdkDirectory::new(
+        &http,
+        tokens.clone(),
+        settings.graph_base.clone(),
+    ));
     let graph = GraphClient::new(http, tokens.clone(), settings.graph_base.clone());
     Ok(GateContext {
         tenant_id: settings.tenant_id.clone(),
         client_id: settings.client_id.clone(),
         tokens,
         graph,
+        directory,
         sharepoint_host: settings.sharepoint_host.clone(),
     })
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use m365bk_graph::{Audience, GraphClient, TokenProvider};
+use m365bk_graph::{Audience, Directory, GraphClient, TokenProvider};
 use serde::Serialize;
 
 use crate::job::{JobSpec, Operation, Service};
@@ -23,6 +23,8 @@ pub struct GateContext {
     pub tokens: Arc<TokenProvider>,
     /// The Graph client handed to authorised workers.
     pub graph: GraphClient,
+    /// Single-object directory reads (users, their drives), handed to authorised workers.
+    pub directory: Arc<dyn Directory>,
     /// `TENANT.sharepoint.com`, needed only by jobs that call the SharePoint API.
     pub sharepoint_host: Option<String>,
 }
@@ -174,6 +176,7 @@ impl PermissionReport {
 pub struct AuthorizedJob {
     spec: JobSpec,
     graph: GraphClient,
+    directory: Arc<dyn Directory>,
     report: PermissionReport,
 }
 
@@ -185,6 +188,10 @@ impl AuthorizedJob {
     /// The Graph client for the job's calls.
     pub fn graph(&self) -> &GraphClient {
         &self.graph
+    }
+    /// Directory reads (a user, a user's drive) for the job.
+    pub fn directory(&self) -> &dyn Directory {
+        self.directory.as_ref()
     }
     /// Which permission met each requirement.
     pub fn report(&self) -> &PermissionReport {
@@ -276,6 +283,7 @@ pub async fn authorize(ctx: &GateContext, spec: JobSpec) -> Result<AuthorizedJob
     Ok(AuthorizedJob {
         spec,
         graph: ctx.graph.clone(),
+        directory: ctx.directory.clone(),
         report,
     })
 }

@@ -25,7 +25,8 @@ const USER_SELECT: &str = "$select=id,userPrincipalName,displayName,mail";
 
 impl AuthorizedJob {
     /// The users the job selects: every user (`GET /users`, paged) or each named one
-    /// (`GET /users/{id | userPrincipalName}`), in selection order.
+    /// (`GET /users/{id | userPrincipalName}` through the job's [`m365bk_graph::Directory`]),
+    /// in selection order.
     ///
     /// # Errors
     /// The Graph error of the first request that fails (an unknown user is a 404
@@ -40,8 +41,14 @@ impl AuthorizedJob {
             UserSelection::Users(names) => {
                 let mut out = Vec::with_capacity(names.len());
                 for name in names {
-                    let path = format!("/users/{}?{USER_SELECT}", encode_segment(name));
-                    out.push(self.graph().get_json::<DirectoryUser>(&path).await?);
+                    let user = self.directory().user(name).await?;
+                    let user = serde_json::from_value::<DirectoryUser>(user).map_err(|e| {
+                        m365bk_graph::Error::Decode {
+                            url: format!("/users/{}", encode_segment(name)),
+                            detail: format!("not a user object: {e}"),
+                        }
+                    })?;
+                    out.push(user);
                 }
                 Ok(out)
             }

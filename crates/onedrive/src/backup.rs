@@ -85,9 +85,9 @@ pub async fn backup_drive(
     opts: &BackupOptions,
 ) -> Result<SnapshotDraft> {
     let graph = job.graph();
-    let uid = encode_segment(&user.id);
-    let drive: Value = graph
-        .get_json(&format!("/users/{uid}/drive"))
+    let drive: Value = job
+        .directory()
+        .user_drive(&user.id)
         .await
         .map_err(Error::graph(format!(
             "reading the drive of {}",

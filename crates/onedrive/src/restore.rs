@@ -101,11 +101,9 @@ pub async fn restore_drive(
     let graph = job.graph();
     // `GET /users/{id}/drive` needs only Files.*: the recovery permission set has no
     // directory read, so the user is not looked up separately.
-    let drive: Value = graph
-        .get_json(&format!(
-            "/users/{}/drive",
-            encode_segment(&opts.target_user)
-        ))
+    let drive: Value = job
+        .directory()
+        .user_drive(&opts.target_user)
         .await
         .map_err(Error::graph(format!(
             "reading the drive of target user {}",
