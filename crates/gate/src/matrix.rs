@@ -179,6 +179,31 @@ impl PermissionMatrix {
             .map(String::as_str)
     }
 
+    /// The matrix as a Markdown table (README's permission table is this text): one line per
+    /// row, with the API's display name, the type, the operations and the condition.
+    pub fn markdown_table(&self) -> String {
+        let mut out = String::from(
+            "| permission | API | type | service | operations | only when |\n|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let ops: Vec<&str> = r.operations.iter().map(|o| o.as_str()).collect();
+            let kind = match r.kind {
+                PermissionType::Application => "application",
+                PermissionType::Delegated => "delegated",
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.permission,
+                r.api.display_name(),
+                kind,
+                r.service,
+                ops.join(" "),
+                r.conditions.join(", ")
+            ));
+        }
+        out
+    }
+
     /// Every condition name the matrix uses (job variants that add requirements).
     pub fn conditions(&self) -> Vec<&str> {
         let mut all: Vec<&str> = self
