@@ -61,6 +61,10 @@ fn is_sync_state_lost(err: &m365bk_graph::Error) -> bool {
         )
 }
 
+/// Full enumerations started again after a lost sync state within one delta round (the
+/// token of a round in progress can expire too); beyond this the collection fails.
+const MAX_DELTA_RESTARTS: u32 = 3;
+
 /// The net effect of one delta round over a collection.
 struct DeltaOutcome {
     /// id → new state (`None` = removed); the last report of an id wins.
@@ -91,16 +95,18 @@ async fn walk_delta(
         delta_link: None,
         full,
     };
+    let mut restarts = 0;
     loop {
         let page = match walker.next_page().await {
             Ok(Some(page)) => page,
             Ok(None) => break,
-            Err(err) if !full && is_sync_state_lost(&err) => {
+            Err(err) if restarts < MAX_DELTA_RESTARTS && is_sync_state_lost(&err) => {
                 tracing::warn!(
                     path = %initial_path,
                     error = %err,
                     "delta state expired or invalid: enumerating the collection again (unchanged items are not downloaded again)"
                 );
+                restarts += 1;
                 full = true;
                 outcome = DeltaOutcome {
                     changes: BTreeMap::new(),
@@ -108,7 +114,8 @@ async fn walk_delta(
                     delta_link: None,
                     full,
                 };
-                walker = graph.delta(DeltaStart::Initial(initial_path.clone()), Some(page_size));
+                // From the 410's Location when Microsoft gave one, else from the start.
+                walker.restart(&initial_path);
                 continue;
             }
             Err(err) => return Err(err),

@@ -189,6 +189,52 @@ pub(crate) fn api_error(
     }
 }
 
+/// Runs `fetch` (an idempotent GET returning a 2xx body) and parses the body as `T`. A body
+/// that is cut short or garbled (JSON that ends early or breaks its syntax: a proxy or the
+/// service truncated it) is fetched again after a backoff, within the policy's attempt and
+/// waiting bounds; well-formed JSON of the wrong shape is not retried.
+pub(crate) async fn refetch_broken_json<T, F, Fut>(
+    policy: &RetryPolicy,
+    shown: &str,
+    fetch: F,
+) -> Result<T>
+where
+    T: DeserializeOwned,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Bytes>>,
+{
+    let mut attempt = 0u32;
+    let mut waited = Duration::ZERO;
+    loop {
+        attempt += 1;
+        let body = fetch().await?;
+        let (detail, broken) = match GraphClient::decode_classified::<T>(&body) {
+            Ok(value) => return Ok(value),
+            Err(failure) => failure,
+        };
+        let err = Error::Decode {
+            url: shown.to_owned(),
+            detail,
+        };
+        if !broken {
+            return Err(err);
+        }
+        let delay = policy.backoff(attempt);
+        if attempt >= policy.max_attempts.max(1) || waited + delay > policy.max_total_wait {
+            return Err(err);
+        }
+        tracing::warn!(
+            url = shown,
+            attempt,
+            bytes = body.len(),
+            error = %err,
+            "the answer's JSON is truncated or garbled; fetching it again"
+        );
+        tokio::time::sleep(delay).await;
+        waited += delay;
+    }
+}
+
 /// Percent-encodes one path segment the way Graph (and graph-rs-sdk) expect, e.g. a UPN or an
 /// item name: `a b/c` → `a%20b%2Fc`.
 pub fn encode_segment(segment: &str) -> String {
@@ -403,37 +449,62 @@ impl GraphClient {
     }
 
     pub(crate) fn decode<T: DeserializeOwned>(shown: &str, body: &[u8]) -> Result<T> {
+        Self::decode_classified(body).map_err(|(detail, _)| Error::Decode {
+            url: shown.to_owned(),
+            detail,
+        })
+    }
+
+    /// `GET`s `path` and parses the body as `T`, fetching it again when the JSON is truncated
+    /// or garbled (see [`refetch_broken_json`]).
+    pub(crate) async fn get_decoded<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<(String, T)> {
+        let mut req = Req::new(Method::GET, self.resolve(path)?);
+        req.headers = headers;
+        req.timeout = Some(self.request_timeout());
+        let req = &req;
+        let value = refetch_broken_json(&self.shared.http.options().retry, &req.shown, || async {
+            Ok(self.send_buffered(req).await?.body)
+        })
+        .await?;
+        Ok((req.shown.clone(), value))
+    }
+
+    /// Parses `body`; on failure, the parser's detail and whether the body looks cut short or
+    /// garbled (worth fetching again) rather than well-formed JSON of another shape.
+    pub(crate) fn decode_classified<T: DeserializeOwned>(
+        body: &[u8],
+    ) -> std::result::Result<T, (String, bool)> {
         let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
             b"null"
         } else {
             body
         };
-        serde_json::from_slice(body).map_err(|e| Error::Decode {
-            url: shown.to_owned(),
-            detail: e.to_string(),
+        serde_json::from_slice(body).map_err(|e| {
+            let broken = matches!(
+                e.classify(),
+                serde_json::error::Category::Eof | serde_json::error::Category::Syntax
+            );
+            (e.to_string(), broken)
         })
-    }
-
-    async fn get_with(&self, path: &str, headers: HeaderMap) -> Result<(String, Buffered)> {
-        let mut req = Req::new(Method::GET, self.resolve(path)?);
-        req.headers = headers;
-        req.timeout = Some(self.request_timeout());
-        let resp = self.send_buffered(&req).await?;
-        Ok((req.shown, resp))
     }
 
     /// `GET` a JSON resource.
     ///
     /// `path` is relative to the Graph base (`/users/{id}/mailFolders?$top=10`, already
     /// percent-encoded; see [`encode_segment`]) or an absolute URL with the base's origin.
-    /// The body is read completely, then parsed.
+    /// The body is read completely, then parsed; a truncated or garbled body is fetched again
+    /// (within the retry bounds).
     ///
     /// # Errors
     /// [`Error::Api`] for an error status, [`Error::Decode`] for a body that is not `T`,
     /// [`Error::ForeignUrl`], [`Error::Throttled`], [`Error::Unreachable`], token errors.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let (shown, resp) = self.get_with(path, (*self.headers).clone()).await?;
-        Self::decode(&shown, &resp.body)
+        let (_, value) = self.get_decoded(path, (*self.headers).clone()).await?;
+        Ok(value)
     }
 
     /// `GET` a collection and follow `@odata.nextLink` to the end, returning every `value`
@@ -453,8 +524,8 @@ impl GraphClient {
         let mut items = Vec::new();
         let mut next = Some(path.to_owned());
         while let Some(current) = next.take() {
-            let (shown, resp) = self.get_with(&current, headers.clone()).await?;
-            let page: Page<T> = Self::decode(&shown, &resp.body)?;
+            let (shown, page): (String, Page<T>) =
+                self.get_decoded(&current, headers.clone()).await?;
             items.extend(page.value);
             if page.next_link.as_deref() == Some(current.as_str()) {
                 return Err(Error::Protocol {

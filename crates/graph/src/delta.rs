@@ -4,8 +4,11 @@
 
 use serde_json::Value;
 
-use crate::client::GraphClient;
+use reqwest::header::LOCATION;
+
+use crate::client::{api_error, refetch_broken_json, GraphClient};
 use crate::error::{Error, Result};
+use crate::retry::header_str;
 
 /// Where a delta walk starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +35,16 @@ pub struct DeltaPage {
 /// Walks a delta query page by page.
 ///
 /// Every page is fetched with a fresh token, the configured headers and
-/// `Prefer: odata.maxpagesize=N`, and is retried on its own. After an error the walker keeps its
-/// position: calling [`DeltaWalker::next_page`] again retries the same page.
+/// `Prefer: odata.maxpagesize=N`, and is retried on its own (a truncated page too). After an
+/// error the walker keeps its position: calling [`DeltaWalker::next_page`] again retries the
+/// same page. After a lost sync state, [`DeltaWalker::restart`] begins a full enumeration.
 #[derive(Debug, Clone)]
 pub struct DeltaWalker {
     client: GraphClient,
     next: Option<String>,
     page_size: Option<u32>,
+    /// The `Location` of the last 410 answer: where Microsoft says to restart.
+    restart_at: Option<String>,
 }
 
 impl GraphClient {
@@ -51,6 +57,7 @@ impl GraphClient {
             client: self.clone(),
             next: Some(next),
             page_size,
+            restart_at: None,
         }
     }
 }
@@ -71,8 +78,34 @@ impl DeltaWalker {
             let mut req = crate::client::Req::new(reqwest::Method::GET, self.client.resolve(&url)?);
             req.headers = headers;
             req.timeout = Some(self.client.shared.http.options().request_timeout);
-            let resp = self.client.send_buffered(&req).await?;
-            GraphClient::decode(&req.shown, &resp.body)?
+            let req = &req;
+            let client = &self.client;
+            let restart_at = std::sync::Mutex::new(None);
+            let restart_ref = &restart_at;
+            let fetched = refetch_broken_json(
+                &client.shared.http.options().retry,
+                &req.shown,
+                || async move {
+                    let resp = client.send_buffered_any(req).await?;
+                    if (200..300).contains(&resp.status) {
+                        return Ok(resp.body);
+                    }
+                    if resp.status == 410 {
+                        *restart_ref.lock().unwrap_or_else(|p| p.into_inner()) =
+                            header_str(&resp.headers, LOCATION.as_str()).map(str::to_owned);
+                    }
+                    Err(api_error(
+                        req.method.as_str(),
+                        &req.shown,
+                        resp.status,
+                        &resp.headers,
+                        &resp.body,
+                    ))
+                },
+            )
+            .await;
+            self.restart_at = restart_at.into_inner().unwrap_or_else(|p| p.into_inner());
+            fetched?
         };
         let shown = crate::http::display_url(&self.client.resolve(&url)?);
         let items = match page.get_mut("value").map(Value::take) {
@@ -110,6 +143,24 @@ impl DeltaWalker {
             next_link,
             delta_link,
         }))
+    }
+
+    /// Starts a full enumeration again after a lost sync state (410 Gone, `resyncRequired`,
+    /// `SyncStateNotFound`, ...): from the `Location` Microsoft sent with the 410 when it is a
+    /// URL under the Graph base, else from `initial` (the collection's delta path, as for
+    /// [`DeltaStart::Initial`]). The caller must drop what it collected from this walk.
+    ///
+    /// See <https://learn.microsoft.com/graph/delta-query-overview#synchronization-reset> and
+    /// <https://learn.microsoft.com/graph/api/driveitem-delta>.
+    pub fn restart(&mut self, initial: &str) {
+        let location = self
+            .restart_at
+            .take()
+            .filter(|l| self.client.resolve(l).is_ok());
+        if let Some(l) = &location {
+            tracing::info!(location = %l, "restarting the delta enumeration where Microsoft said");
+        }
+        self.next = Some(location.unwrap_or_else(|| initial.to_owned()));
     }
 
     /// The link the next call will fetch (`None` when done): store it to resume an

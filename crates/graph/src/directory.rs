@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use crate::client::{api_error, with_auth, GraphClient};
+use crate::client::{api_error, refetch_broken_json, with_auth, GraphClient};
 use crate::error::{error_chain, Error, Result};
 use crate::http::{display_url, HttpClient, HttpOptions, USER_AGENT};
 use crate::retry::{AttemptError, Buffered, Call, RetryClass};
@@ -166,7 +166,17 @@ impl SdkDirectory {
         display_url(&url)
     }
 
+    /// One lookup; a truncated or garbled JSON answer is fetched again within the retry
+    /// bounds, as [`GraphClient::get_json`] does.
     async fn get(&self, id: &str, lookup: Lookup) -> Result<Value> {
+        let shown = self.shown(id, lookup);
+        refetch_broken_json(&self.options.retry, &shown, || async {
+            Ok(self.get_once(id, lookup).await?.1)
+        })
+        .await
+    }
+
+    async fn get_once(&self, id: &str, lookup: Lookup) -> Result<(String, bytes::Bytes)> {
         let shown = self.shown(id, lookup);
         let shown_ref = shown.as_str();
         let resp: Buffered = with_auth(
@@ -221,7 +231,7 @@ impl SdkDirectory {
                 &resp.body,
             ));
         }
-        GraphClient::decode(&shown, &resp.body)
+        Ok((shown, resp.body))
     }
 }
 

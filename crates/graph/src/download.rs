@@ -15,7 +15,24 @@ use url::Url;
 
 use crate::client::{api_error, GraphClient, Req};
 use crate::error::{error_chain, Error, Result};
+use crate::http::display_url;
 use crate::retry::header_str;
+
+/// New download URLs requested for one open after the download host refused one.
+const EXPIRED_URL_REFETCHES: u32 = 2;
+
+/// Why opening a download failed.
+enum Hop {
+    /// The pre-authenticated URL was refused (401/403): a new one may work.
+    Expired(Error),
+    Failed(Error),
+}
+
+impl From<Error> for Hop {
+    fn from(e: Error) -> Self {
+        Hop::Failed(e)
+    }
+}
 
 /// A body being downloaded.
 pub struct Download {
@@ -69,7 +86,8 @@ impl GraphClient {
     /// body directly. When the body breaks off, the download is re-opened from `path` with
     /// `Range: bytes={offset}-` (a new pre-authenticated URL is obtained, so an expired one
     /// does not matter) up to [`crate::HttpOptions::download_resumes`] times in a row without
-    /// progress. A resumed body whose `ETag` differs from the first is refused.
+    /// progress. A download URL the download host refuses with 401/403 (expired) is replaced
+    /// by a new one from `path`, twice at most. A resumed body whose `ETag` differs from the first is refused.
     ///
     /// # Errors
     /// [`Error::Api`] for an error status on either hop, [`Error::Protocol`] for a redirect
@@ -105,7 +123,28 @@ impl GraphClient {
         })
     }
 
+    /// Opens the download at `offset`. When the pre-authenticated URL is refused (401/403 from
+    /// the download host: it expired or was revoked), `url` is asked again for a fresh one, up
+    /// to [`EXPIRED_URL_REFETCHES`] times.
     async fn open_download(&self, url: &Url, offset: u64) -> Result<Opened> {
+        let mut refetches = 0;
+        loop {
+            match self.open_download_once(url, offset).await {
+                Err(Hop::Expired(err)) if refetches < EXPIRED_URL_REFETCHES => {
+                    refetches += 1;
+                    tracing::warn!(
+                        url = %display_url(url),
+                        error = %err,
+                        "the download URL was refused (expired); requesting the item's content again for a new one"
+                    );
+                }
+                Err(Hop::Expired(err) | Hop::Failed(err)) => return Err(err),
+                Ok(opened) => return Ok(opened),
+            }
+        }
+    }
+
+    async fn open_download_once(&self, url: &Url, offset: u64) -> Result<Opened, Hop> {
         let range = (offset > 0).then(|| {
             HeaderValue::from_str(&format!("bytes={offset}-")).expect("ASCII header value")
         });
@@ -117,7 +156,7 @@ impl GraphClient {
         let resp = self.send_streaming(&req).await?;
         let status = resp.status().as_u16();
         if !(300..400).contains(&status) {
-            return self.checked(&req, resp).await;
+            return Ok(self.checked(&req, resp).await?);
         }
         let location =
             header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| Error::Protocol {
@@ -135,13 +174,17 @@ impl GraphClient {
             hop.headers.insert(RANGE, range);
         }
         let resp = self.send_streaming(&hop).await?;
-        if (300..400).contains(&resp.status().as_u16()) {
-            return Err(Error::Protocol {
+        let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(Hop::Failed(Error::Protocol {
                 url: hop.shown.clone(),
                 detail: "the download URL redirected again; only one redirect is followed".into(),
-            });
+            }));
         }
-        self.checked(&hop, resp).await
+        match self.checked(&hop, resp).await {
+            Err(e) if matches!(status, 401 | 403) => Err(Hop::Expired(e)),
+            other => Ok(other?),
+        }
     }
 
     async fn checked(&self, req: &Req, resp: reqwest::Response) -> Result<Opened> {

@@ -766,6 +766,53 @@ mod retry {
         );
         assert_eq!(server.graph_log().len(), 4);
     }
+
+    #[tokio::test]
+    async fn truncated_json_is_fetched_again_and_wrong_shape_is_not() {
+        let issued = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let server = serve(move |seen| {
+            let issued = issued.clone();
+            let calls = c.clone();
+            async move {
+                if seen.is_token() {
+                    return token_ok(&issued, 3600);
+                }
+                if seen.path.ends_with("/shape") {
+                    return respond(200, &[("content-type", "application/json")], "[1, 2]");
+                }
+                // A complete HTTP message whose JSON is cut, then the whole answer.
+                let body = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    r#"{"id":"u1","displayName":"Ad"#
+                } else {
+                    r#"{"id":"u1","displayName":"Adele"}"#
+                };
+                respond(200, &[("content-type", "application/json")], body)
+            }
+        })
+        .await;
+        let (graph, _) = clients(&server, fast_policy());
+        let v: Value = graph.get_json("/users/u1").await.unwrap();
+        assert_eq!(v["displayName"], "Adele");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "fetched once more");
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct User {
+            id: String,
+        }
+        let err = graph.get_json::<User>("/users/shape").await.unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        assert_eq!(
+            server
+                .graph_log()
+                .iter()
+                .filter(|s| s.path.ends_with("/shape"))
+                .count(),
+            1,
+            "well-formed JSON of another shape is not fetched again"
+        );
+    }
 }
 
 mod paging {
@@ -947,6 +994,80 @@ mod paging {
         assert_eq!(err.graph_code(), Some("SyncStateNotFound"));
         // The walker keeps its place after an error.
         assert_eq!(walker.position(), Some(expired.as_str()));
+        // Without a Location, a restart begins at the path given.
+        walker.restart("/users/u1/mailFolders/inbox/messages/delta");
+        assert_eq!(
+            walker.position(),
+            Some("/users/u1/mailFolders/inbox/messages/delta")
+        );
+    }
+
+    #[tokio::test]
+    async fn delta_page_cut_short_is_fetched_again_and_410_location_restarts_the_walk() {
+        let issued = Arc::new(AtomicU64::new(0));
+        let cut_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let base: Arc<std::sync::Mutex<String>> = Arc::default();
+        let b = base.clone();
+        let server =
+            serve(move |seen| {
+                let issued = issued.clone();
+                let cut_once = cut_once.clone();
+                let base = b.lock().unwrap().clone();
+                async move {
+                    if seen.is_token() {
+                        return token_ok(&issued, 3600);
+                    }
+                    let q = seen.query.clone().unwrap_or_default();
+                    if q.contains("token=old") {
+                        return respond(
+                        410,
+                        &[
+                            ("content-type", "application/json"),
+                            ("location", &format!("{base}/v1.0/drives/d1/root/delta?restart=1")),
+                        ],
+                        json!({"error": {"code": "resyncRequired", "message": "Resync required."}})
+                            .to_string(),
+                    );
+                    }
+                    let page = json!({"value": [{"id": "f1", "name": "a.txt"}],
+                    "@odata.deltaLink": format!("{base}/v1.0/drives/d1/root/delta?token=new")})
+                    .to_string();
+                    if cut_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        return respond(
+                            200,
+                            &[("content-type", "application/json")],
+                            page[..page.len() / 2].to_string(),
+                        );
+                    }
+                    respond(200, &[("content-type", "application/json")], page)
+                }
+            })
+            .await;
+        *base.lock().unwrap() = server.base.clone();
+        let (graph, _) = clients(&server, fast_policy());
+        let old = format!("{}/v1.0/drives/d1/root/delta?token=old", server.base);
+        let mut walker = graph.delta(DeltaStart::Resume(old), None);
+        let err = walker.next_page().await.unwrap_err();
+        assert!(err.is_resync_required());
+        walker.restart("/drives/d1/root/delta");
+        assert_eq!(
+            walker.position(),
+            Some(format!("{}/v1.0/drives/d1/root/delta?restart=1", server.base).as_str()),
+            "the 410's Location is where the walk starts again"
+        );
+        let page = walker.next_page().await.unwrap().unwrap();
+        assert_eq!(page.items[0]["id"], "f1");
+        assert!(page.delta_link.unwrap().ends_with("token=new"));
+        let log = server.graph_log();
+        let queries: Vec<_> = log
+            .iter()
+            .map(|s| s.query.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            queries,
+            ["token=old", "restart=1", "restart=1"],
+            "the cut page was fetched again"
+        );
     }
 }
 
@@ -1085,6 +1206,69 @@ mod content {
         assert!(resumed_at > 0 && resumed_at <= CUT, "{range}");
         // A fresh pre-authenticated URL was used for the resume.
         assert_eq!(blob_hops[1].query.as_deref(), Some("sig=abc1"));
+    }
+
+    #[tokio::test]
+    async fn expired_download_url_is_replaced_by_a_new_one() {
+        let issued = Arc::new(AtomicU64::new(0));
+        let graph_calls = Arc::new(AtomicU64::new(0));
+        let base: Arc<Mutex<String>> = Arc::default();
+        let b = base.clone();
+        let g = graph_calls.clone();
+        let server = serve(move |seen| {
+            let issued = issued.clone();
+            let graph_calls = g.clone();
+            let base = b.lock().unwrap().clone();
+            async move {
+                if seen.is_token() {
+                    return token_ok(&issued, 3600);
+                }
+                if seen.path.starts_with("/v1.0/") {
+                    let n = graph_calls.fetch_add(1, Ordering::SeqCst);
+                    let item = seen.path.split('/').nth(5).unwrap().to_owned();
+                    return respond(
+                        302,
+                        &[("location", format!("{base}/blob/{item}?sig={n}").as_str())],
+                        "",
+                    );
+                }
+                // The first URL of every item has expired; item i3's URLs never work.
+                let sig = seen.query.clone().unwrap_or_default();
+                if sig == "sig=0" || seen.path == "/blob/i3" {
+                    return respond(401, &[], "expired");
+                }
+                respond(200, &[], "hello")
+            }
+        })
+        .await;
+        *base.lock().unwrap() = server.base.clone();
+        let (graph, _) = clients(&server, fast_policy());
+        let download = graph.download("/drives/d1/items/i1/content").await.unwrap();
+        assert_eq!(collect(download.into_stream()).await.unwrap(), b"hello");
+        assert_eq!(
+            graph_calls.load(Ordering::SeqCst),
+            2,
+            "asked once more for a URL"
+        );
+        let blobs: Vec<_> = server
+            .graph_log()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/blob/"))
+            .map(|s| s.query.unwrap_or_default())
+            .collect();
+        assert_eq!(blobs, ["sig=0", "sig=1"]);
+
+        // An item whose URLs keep being refused ends with the download host's error.
+        let err = graph
+            .download("/drives/d1/items/i3/content")
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(401), "{err:?}");
+        assert_eq!(
+            graph_calls.load(Ordering::SeqCst),
+            5,
+            "two new URLs, then give up"
+        );
     }
 
     #[tokio::test]

@@ -54,6 +54,10 @@ fn is_sync_state_lost(err: &m365bk_graph::Error) -> bool {
         )
 }
 
+/// Full enumerations started again after a lost sync state within one backup (the token of
+/// an enumeration in progress can expire too); beyond this the drive fails.
+const MAX_DELTA_RESTARTS: u32 = 3;
+
 /// One driveItem as the backup tracks it while applying delta pages.
 #[derive(Clone, Debug)]
 struct Node {
@@ -146,21 +150,23 @@ pub async fn backup_drive(
             graph.delta(DeltaStart::Initial(initial.clone()), Some(opts.page_size)),
         ),
     };
-    let mut full = previous_link.is_none();
     let mut delta_link = None;
     // Files whose content must be downloaded: id → (json).
     let mut dirty: HashMap<String, Value> = HashMap::new();
+    let mut restarts = 0;
     loop {
         let page = match walker.next_page().await {
             Ok(Some(p)) => p,
             Ok(None) => break,
-            Err(err) if !full && is_sync_state_lost(&err) => {
+            Err(err) if restarts < MAX_DELTA_RESTARTS && is_sync_state_lost(&err) => {
                 tracing::warn!(drive = %drive_id, error = %err, "drive delta state lost: enumerating again (unchanged files are not downloaded again)");
-                full = true;
+                restarts += 1;
                 nodes.clear();
                 dirty.clear();
                 root_id = None;
-                walker = graph.delta(DeltaStart::Initial(initial.clone()), Some(opts.page_size));
+                delta_link = None;
+                // From the 410's Location (driveItem delta sends one), else from the start.
+                walker.restart(&initial);
                 continue;
             }
             Err(err) => {

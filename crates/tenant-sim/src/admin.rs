@@ -12,6 +12,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::faults::{FaultRule, FaultsConfig};
 use crate::graph::ensure_folders;
 use crate::mime;
 use crate::quickxor::QuickXorHash;
@@ -38,6 +39,46 @@ pub(crate) async fn get_requests(State(sim): State<Arc<Sim>>) -> Response {
 /// `DELETE /_sim/requests`: clears the log (sequence numbers keep counting).
 pub(crate) async fn clear_requests(State(sim): State<Arc<Sim>>) -> Response {
     sim.log().entries.clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /_sim/admin/faults`: the fault configuration with each rule's `matched` and
+/// `injected` counters, and `throttled` counters of the throttling model.
+pub(crate) async fn get_faults(State(sim): State<Arc<Sim>>) -> Response {
+    axum::Json(sim.faults().report()).into_response()
+}
+
+/// `PUT /_sim/admin/faults` with a JSON array of rules (replacing the rules, keeping seed,
+/// latency and throttling) or an object shaped like the config's `[faults]` section
+/// (replacing everything). Counters start again. 204; 400 naming what is wrong.
+pub(crate) async fn put_faults(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
+    };
+    let config = match value {
+        Value::Array(_) => match serde_json::from_value::<Vec<FaultRule>>(value) {
+            Ok(rules) => FaultsConfig {
+                rules,
+                ..sim.faults().config().clone()
+            },
+            Err(e) => return admin_error(StatusCode::BAD_REQUEST, format!("rules: {e}")),
+        },
+        other => match serde_json::from_value::<FaultsConfig>(other) {
+            Ok(c) => c,
+            Err(e) => return admin_error(StatusCode::BAD_REQUEST, format!("faults: {e}")),
+        },
+    };
+    if let Err(m) = config.validate() {
+        return admin_error(StatusCode::BAD_REQUEST, format!("faults.{m}"));
+    }
+    sim.faults().configure(config);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /_sim/admin/faults`: no rules, no latency, no throttling. 204.
+pub(crate) async fn delete_faults(State(sim): State<Arc<Sim>>) -> Response {
+    sim.faults().configure(FaultsConfig::default());
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::faults::FaultsConfig;
 
 const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
 
@@ -19,6 +20,8 @@ const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
 /// display_name = "m365bk"             # optional, default "m365bk"
 /// admin_consent = true                # optional, default true; false → no `roles` claim
 /// roles = ["Mail.Read", "User.Read.All"]
+/// [faults]                            # optional: see FaultsConfig
+/// latency_ms = 0
 /// ```
 ///
 /// Unknown keys are rejected, so a misspelt key fails loudly instead of being ignored.
@@ -33,6 +36,9 @@ pub struct TenantConfig {
     /// Registered applications (service principals) allowed to request tokens.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    /// Fault injection, latency and throttling; none by default.
+    #[serde(default)]
+    pub faults: FaultsConfig,
 }
 
 /// One app registration with a client secret and its granted application permissions.
@@ -128,6 +134,7 @@ impl TenantConfig {
                 return Err(format!("apps[{i}].client_secret must not be empty"));
             }
         }
+        self.faults.validate().map_err(|m| format!("faults.{m}"))?;
         Ok(())
     }
 }
@@ -157,6 +164,24 @@ roles = ["Mail.Read"]
         let text = GOOD.replace("roles =", "rolez =");
         let err = TenantConfig::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("rolez"), "{err}");
+    }
+
+    #[test]
+    fn faults_section_is_parsed_strictly() {
+        let text = format!(
+            "{GOOD}\n[faults]\nlatency_ms = 3\n[[faults.rules]]\nroute = \"delta\"\nfault = {{ kind = \"status\", status = 429, retry_after = \"0.2\" }}\nnth = 1\n"
+        );
+        let c = TenantConfig::from_toml(&text).unwrap();
+        assert_eq!(c.faults.latency_ms, 3);
+        assert_eq!(c.faults.rules.len(), 1);
+        let err = TenantConfig::from_toml(&text.replace("nth = 1", "nth = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("faults.rules[0]"), "{err}");
+        let err = TenantConfig::from_toml(&text.replace("latency_ms", "latency"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("latency"), "{err}");
     }
 
     #[test]

@@ -404,7 +404,7 @@ fn drive_route(
     Ok((route, template))
 }
 
-fn unauthorized(ctx: &Ctx, why: TokenRejection) -> Response {
+pub(crate) fn unauthorized(ctx: &Ctx, why: TokenRejection) -> Response {
     let mut r = GraphError::new(
         StatusCode::UNAUTHORIZED,
         "InvalidAuthenticationToken",

@@ -10,7 +10,8 @@
 //!   [`RunningSim`] (`base_url`, stop handle). The binary `m365bk-tenant-sim` wraps the same.
 //! - [`TenantConfig`]: TOML with `tenant_id`, `token_lifetime_secs` and `[[apps]]`
 //!   (`client_id`, `client_secret`, `display_name`, `admin_consent`, `roles`); unknown keys
-//!   are errors.
+//!   are errors; an optional `[faults]` section ([`FaultsConfig`]) injects faults, latency
+//!   and Microsoft's throttling limits.
 //! - [`QuickXorHash`]: OneDrive's content hash, as reported in `file.hashes.quickXorHash`.
 //!
 //! # Corpus (`--corpus DIR`)
@@ -46,9 +47,18 @@
 //!   (`@removed` for Exchange, the `deleted` facet for OneDrive). Moved messages get new ids.
 //! - `B/_download/{token}` (Range, 206/416) and `B/_upload/{id}` (320 KiB fragment rule,
 //!   416 on overlap) are pre-authenticated.
+//! - Faults ([`FaultRule`]: which requests by method, path substring or [`RouteKind`]; what
+//!   [`Fault`]: an error status with each `Retry-After` form, a connection reset mid-body, a
+//!   truncated body, an expired access token, a lost delta sync state (410 with `Location`),
+//!   an expired download URL, latency; when: the Nth match, every Nth, a seeded probability,
+//!   at most `max_count`), per-request `latency_ms`, and the throttling model
+//!   ([`ThrottlingConfig`]: Outlook's 4 concurrent / 10,000 per 10 minutes per mailbox,
+//!   OneDrive's resource units per minute with `RateLimit-*` headers), all off by default.
 //! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
-//!   `seq, method, path, status, app_id, authorization_header, bytes_out`; `/_sim/` calls are
-//!   not logged), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,
+//!   `seq, method, path, status, app_id, authorization_header, bytes_out, fault`, plus
+//!   `fault_rule` for a rule's fault; `/_sim/` calls are not logged),
+//!   `GET|PUT|DELETE B/_sim/admin/faults` (PUT a JSON array of rules or a `[faults]`-shaped
+//!   object; GET returns it with each rule's `matched`/`injected` and `throttled` counters), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,
 //!   `POST B/_sim/admin/users/{upn}/messages?folder=A/B` (raw MIME),
 //!   `POST …/messages/{id}/move?folder=…`, `DELETE …/messages/{id}`,
 //!   `PUT|DELETE B/_sim/admin/users/{upn}/drive/{path}`, `GET B/_sim/admin/users/{upn}/export`.
@@ -75,6 +85,7 @@ mod config;
 mod corpus;
 mod delta;
 mod error;
+mod faults;
 mod graph;
 mod ics;
 mod ids;
@@ -90,5 +101,8 @@ mod wire;
 
 pub use config::{AppConfig, TenantConfig};
 pub use error::{Error, Result};
+pub use faults::{
+    Fault, FaultRule, FaultsConfig, OneDriveLimits, OutlookLimits, RouteKind, ThrottlingConfig,
+};
 pub use quickxor::QuickXorHash;
 pub use server::{serve, RunningSim, SimOptions};

@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde::Serialize;
 
+use crate::faults::FaultLabel;
 use crate::server::Sim;
 use crate::token;
 use crate::wire::{AppId, Ctx};
@@ -28,6 +29,12 @@ pub(crate) struct LogEntry {
     /// upload URLs must be called without one).
     pub authorization_header: bool,
     pub bytes_out: u64,
+    /// The injected fault (`status`, `reset`, `truncate`, `token_expired`,
+    /// `sync_state_lost`, `download_url_expired`, `latency`, `throttle_*`), if any.
+    pub fault: Option<String>,
+    /// Index of the fault rule that fired (none for throttling and expired credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_rule: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +111,7 @@ pub(crate) async fn middleware(
                 .and_then(|t| sim.keys.verify(&t, None).ok())
                 .map(|c| c.appid)
         });
+    let label = resp.extensions().get::<FaultLabel>().cloned();
     sim.log().push(LogEntry {
         seq: 0,
         method,
@@ -112,6 +120,8 @@ pub(crate) async fn middleware(
         app_id,
         authorization_header,
         bytes_out,
+        fault: label.as_ref().map(|l| l.fault.clone()),
+        fault_rule: label.and_then(|l| l.rule),
     });
     resp
 }

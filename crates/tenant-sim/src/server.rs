@@ -12,11 +12,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
+use crate::faults::FaultState;
 use crate::permissions::PermissionTable;
 use crate::request_log::RequestLog;
 use crate::tenant::Tenant;
 use crate::token::TokenKeys;
-use crate::{admin, corpus, graph, request_log, token, transfer};
+use crate::{admin, corpus, faults, graph, request_log, token, transfer};
 
 /// What to serve and where.
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ pub(crate) struct Sim {
     pub perms: PermissionTable,
     state: Mutex<Tenant>,
     log: Mutex<RequestLog>,
+    faults: Mutex<FaultState>,
 }
 
 impl Sim {
@@ -104,6 +106,12 @@ impl Sim {
 
     pub(crate) fn log(&self) -> MutexGuard<'_, RequestLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fault rules, their counters and the throttling model's memory. Never held across an
+    /// `.await`.
+    pub(crate) fn faults(&self) -> MutexGuard<'_, FaultState> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn graph_base(&self) -> String {
@@ -147,6 +155,7 @@ pub async fn serve(opts: SimOptions) -> Result<RunningSim> {
         perms,
         state: Mutex::new(tenant),
         log: Mutex::new(RequestLog::default()),
+        faults: Mutex::new(FaultState::new(opts.tenant.faults.clone())),
     });
     let router = router(sim.clone());
     let (tx, rx) = oneshot::channel::<()>();
@@ -209,8 +218,19 @@ fn router(sim: Arc<Sim>) -> Router {
             put(admin::put_drive_file).delete(admin::delete_drive_item),
         )
         .route("/_sim/admin/users/{upn}/export", get(admin::export))
+        .route(
+            "/_sim/admin/faults",
+            get(admin::get_faults)
+                .put(admin::put_faults)
+                .delete(admin::delete_faults),
+        )
         .fallback(graph::not_found)
         .layer(DefaultBodyLimit::disable())
+        // Inside the request log, so faulted answers are logged as sent.
+        .layer(axum::middleware::from_fn_with_state(
+            sim.clone(),
+            faults::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             sim.clone(),
             request_log::middleware,

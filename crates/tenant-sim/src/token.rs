@@ -53,6 +53,9 @@ pub(crate) struct DownloadClaims {
     pub drive: String,
     pub item: String,
     pub exp: u64,
+    /// Makes every URL unique, as OneDrive's are (an expired one is never handed out again).
+    #[serde(default)]
+    pub jti: String,
 }
 
 /// Why a bearer token was refused (401 `InvalidAuthenticationToken`).
@@ -155,6 +158,7 @@ impl TokenKeys {
             drive: drive.into(),
             item: item.into(),
             exp: now() + lifetime_secs,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 

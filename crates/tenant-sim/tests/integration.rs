@@ -20,3 +20,6 @@ mod drive;
 
 #[path = "integration/sim.rs"]
 mod sim;
+
+#[path = "integration/faults.rs"]
+mod faults;
