@@ -51,6 +51,8 @@ echo "   simulator at $base"
 
 umask 077
 printf 'demo-secret-value' > "$work/client-secret"
+# The repository passphrase: init encrypts the repository with it (mode 0600, like the secret).
+head -c 24 /dev/urandom | base64 > "$work/repository-passphrase"
 cat > "$work/m365bk.toml" <<TOML
 [tenant]
 tenant_id = "$tenant"
@@ -61,14 +63,16 @@ graph_url = "$base/v1.0"
 
 [repository]
 url = "repository"
+passphrase_file = "repository-passphrase"
 
 [catalog]
 path = "catalog.sqlite"
 TOML
 m() { "$bin/m365bk" --config "$work/m365bk.toml" "$@"; }
 
-echo "== m365bk init"
+echo "== m365bk init (encrypted: XChaCha20-Poly1305, key slot from the passphrase file via Argon2id)"
 m init
+m key list
 echo "== m365bk permissions check (the gate: token roles vs. the job's exact permission set)"
 m permissions check --service exchange --operation backup
 echo "== backing up every mailbox"
@@ -124,4 +128,4 @@ sys.exit(0 if ok else 1)
 PY
 echo "== m365bk check --read-data"
 m check --read-data
-echo "== done: repository in $work/repository, catalog $work/catalog.sqlite"
+echo "== done: encrypted repository in $work/repository (passphrase in $work/repository-passphrase), catalog $work/catalog.sqlite"

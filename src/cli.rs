@@ -40,8 +40,10 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new repository at `repository.url`.
-    Init,
+    /// Create a new repository at `repository.url`, encrypted with the repository passphrase
+    /// (repository.passphrase_file, $M365BK_PASSPHRASE or the systemd credential
+    /// repository-passphrase).
+    Init(InitArgs),
     /// Back up a service's resources into a new snapshot per resource.
     Backup(BackupArgs),
     /// List snapshots.
@@ -74,6 +76,77 @@ pub enum Command {
         /// What to repair.
         #[command(subcommand)]
         command: RepairCommand,
+    },
+    /// Manage the repository's key slots (one per passphrase).
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// `m365bk init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Store everything in plaintext: anyone who can read the repository can read the backups.
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// Key derivation cost of the first key slot.
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+/// Argon2id cost of a new key slot. The defaults (64 MiB, 3 iterations, 4 lanes; RFC 9106)
+/// are for real use; lower values are for tests only, and m365bk logs a warning when it makes
+/// or opens a key slot with them.
+#[derive(Debug, Args)]
+pub struct KdfArgs {
+    /// Argon2id memory, in KiB [default: 65536].
+    #[arg(long, env = "M365BK_KDF_MEMORY_KIB", value_name = "KIB")]
+    pub kdf_memory_kib: Option<u32>,
+    /// Argon2id iterations [default: 3].
+    #[arg(long, env = "M365BK_KDF_ITERATIONS", value_name = "N")]
+    pub kdf_iterations: Option<u32>,
+    /// Argon2id lanes [default: 4].
+    #[arg(long, env = "M365BK_KDF_PARALLELISM", value_name = "N")]
+    pub kdf_parallelism: Option<u32>,
+}
+
+/// Where a new passphrase comes from (never the command line itself).
+#[derive(Debug, Args)]
+pub struct NewPassphraseArgs {
+    /// File holding the new passphrase (mode 0600); default: $M365BK_NEW_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+}
+
+/// `m365bk key …`. Each opens the repository with the current passphrase first.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a key slot for a new passphrase; the current one keeps working.
+    Add {
+        /// The new passphrase.
+        #[command(flatten)]
+        new: NewPassphraseArgs,
+        /// Key derivation cost of the new slot.
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// List the key slots.
+    List,
+    /// Remove a key slot (not the last one, nor the one the current passphrase opens).
+    Remove {
+        /// Key slot id, or a unique prefix of at least 4 hex digits (`m365bk key list`).
+        id: String,
+    },
+    /// Change the current passphrase: add a slot for the new one, then remove the current slot.
+    Passwd {
+        /// The new passphrase.
+        #[command(flatten)]
+        new: NewPassphraseArgs,
+        /// Key derivation cost of the new slot.
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
 }
 

@@ -11,11 +11,16 @@ use m365bk_graph::{
     ClientSecretCredential, Endpoints, GraphClient, HttpClient, HttpOptions, SdkDirectory,
     TokenProvider,
 };
-use m365bk_store::{Catalog, CheckOptions, Item, JobRun, Repository, Snapshot};
+use m365bk_store::{
+    Catalog, CheckOptions, Encryption, InitOptions, Item, JobRun, KdfParams, Repository, Snapshot,
+};
 use serde_json::json;
 
-use crate::cli::{BackupArgs, Command, Opts, PermissionsCommand, RepairCommand, RestoreArgs};
-use crate::config::{ConfigError, Settings};
+use crate::cli::{
+    BackupArgs, Command, InitArgs, KdfArgs, KeyCommand, NewPassphraseArgs, Opts,
+    PermissionsCommand, RepairCommand, RestoreArgs,
+};
+use crate::config::{self, ConfigError, Settings};
 use crate::exit::ExitCode;
 
 /// Runs one command; never panics on bad input: every failure becomes a logged error and an
@@ -37,7 +42,7 @@ pub async fn run(opts: Opts) -> ExitCode {
         }
     };
     let result = match &opts.command {
-        Command::Init => init(&settings).await,
+        Command::Init(args) => init(&settings, args).await,
         Command::Backup(args) => backup(&settings, args, opts.json).await,
         Command::Snapshots { service } => snapshots(&settings, service.as_deref(), opts.json).await,
         Command::Ls { snapshot } => ls(&settings, snapshot, opts.json).await,
@@ -58,6 +63,7 @@ pub async fn run(opts: Opts) -> ExitCode {
         Command::Repair {
             command: RepairCommand::Catalog,
         } => repair_catalog(&settings).await,
+        Command::Key { command } => key(&settings, command, opts.json).await,
     };
     match result {
         Ok(code) => code,
@@ -96,8 +102,15 @@ fn dedup_chain(chain: &[String]) -> String {
 fn classify(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<m365bk_store::Error>() {
-            if matches!(e, m365bk_store::Error::RepositoryNotFound { .. }) {
-                return ExitCode::RepositoryMissing;
+            match e {
+                m365bk_store::Error::RepositoryNotFound { .. } => {
+                    return ExitCode::RepositoryMissing
+                }
+                m365bk_store::Error::WrongPassphrase { .. }
+                | m365bk_store::Error::PassphraseRequired { .. } => {
+                    return ExitCode::WrongPassphrase
+                }
+                _ => {}
             }
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
@@ -129,7 +142,17 @@ fn graph_exit(e: &m365bk_graph::Error) -> ExitCode {
 }
 
 async fn open_repo(settings: &Settings) -> anyhow::Result<Repository> {
-    Ok(Repository::open(&settings.repository).await?)
+    let passphrase = settings.passphrase()?;
+    Ok(Repository::open(&settings.repository, passphrase).await?)
+}
+
+fn kdf_params(args: &KdfArgs) -> KdfParams {
+    let d = KdfParams::RECOMMENDED;
+    KdfParams {
+        memory_kib: args.kdf_memory_kib.unwrap_or(d.memory_kib),
+        iterations: args.kdf_iterations.unwrap_or(d.iterations),
+        parallelism: args.kdf_parallelism.unwrap_or(d.parallelism),
+    }
 }
 
 fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
@@ -141,15 +164,114 @@ fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     })
 }
 
-async fn init(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let repo = Repository::init(&settings.repository).await?;
+async fn init(settings: &Settings, args: &InitArgs) -> anyhow::Result<ExitCode> {
+    let encryption = if args.no_encryption {
+        tracing::warn!(
+            "creating an UNENCRYPTED repository (--no-encryption): anyone who can read {} can read the backups",
+            settings.repository
+        );
+        Encryption::None
+    } else {
+        Encryption::Passphrase(settings.passphrase()?.ok_or(ConfigError::NoPassphrase)?)
+    };
+    let opts = InitOptions {
+        encryption,
+        kdf: kdf_params(&args.kdf),
+    };
+    let repo = Repository::init(&settings.repository, opts).await?;
     let catalog = open_catalog(settings)?;
     catalog.sync(&repo).await?;
-    println!(
-        "created repository {} at {}",
-        repo.id(),
-        settings.repository
-    );
+    match repo.current_key() {
+        Some(key) => println!(
+            "created encrypted repository {} at {} (key slot {}); keep the passphrase safe: without it the backups cannot be read",
+            repo.id(),
+            settings.repository,
+            key.short()
+        ),
+        None => println!(
+            "created UNENCRYPTED repository {} at {}",
+            repo.id(),
+            settings.repository
+        ),
+    }
+    Ok(ExitCode::Success)
+}
+
+async fn key(
+    settings: &Settings,
+    command: &KeyCommand,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let new_passphrase =
+        |args: &NewPassphraseArgs| config::new_passphrase(args.new_passphrase_file.as_deref());
+    match command {
+        KeyCommand::List => {
+            let keys = repo.list_keys().await?;
+            if json_out {
+                println!("{}", serde_json::to_string(&keys)?);
+            } else {
+                println!("{:<9} {:<20}  {:<24}  KDF", "ID", "CREATED (UTC)", "HOST");
+                for k in &keys {
+                    println!(
+                        "{}{:<8} {:<20}  {:<24}  {}{}",
+                        if k.current { "*" } else { " " },
+                        k.id.short(),
+                        k.created.format("%Y-%m-%d %H:%M:%S"),
+                        k.hostname,
+                        k.kdf,
+                        if k.kdf.is_below_recommended() {
+                            "  (below the recommended cost: tests only)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                println!("(* = the key slot the current passphrase opens)");
+            }
+        }
+        KeyCommand::Add { new, kdf } => {
+            let passphrase = new_passphrase(new)?;
+            let id = repo.add_key(passphrase, kdf_params(kdf)).await?;
+            if json_out {
+                println!("{}", json!({ "added": id.to_string() }));
+            } else {
+                println!(
+                    "added key slot {}: the new passphrase opens repository {} too",
+                    id.short(),
+                    settings.repository
+                );
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let removed = repo.remove_key(id).await?;
+            if json_out {
+                println!("{}", json!({ "removed": removed.to_string() }));
+            } else {
+                println!(
+                    "removed key slot {}: its passphrase no longer opens the repository",
+                    removed.short()
+                );
+            }
+        }
+        KeyCommand::Passwd { new, kdf } => {
+            let passphrase = new_passphrase(new)?;
+            let old = repo.current_key();
+            let id = repo.change_passphrase(passphrase, kdf_params(kdf)).await?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({ "added": id.to_string(), "removed": old.map(|o| o.to_string()) })
+                );
+            } else {
+                println!(
+                    "passphrase changed: key slot {} replaces {}; put the new passphrase in repository.passphrase_file (or $M365BK_PASSPHRASE, or the repository-passphrase credential) now",
+                    id.short(),
+                    old.map(|o| o.short()).unwrap_or_default()
+                );
+            }
+        }
+    }
     Ok(ExitCode::Success)
 }
 

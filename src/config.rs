@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Microsoft's public-cloud authority.
@@ -12,6 +13,12 @@ pub const DEFAULT_GRAPH: &str = "https://graph.microsoft.com/v1.0";
 pub const SECRET_ENV: &str = "M365BK_CLIENT_SECRET";
 /// systemd credential name (`LoadCredential=client-secret:…`).
 pub const SECRET_CREDENTIAL: &str = "client-secret";
+/// Environment variable that may hold the repository passphrase.
+pub const PASSPHRASE_ENV: &str = "M365BK_PASSPHRASE";
+/// systemd credential name for the repository passphrase.
+pub const PASSPHRASE_CREDENTIAL: &str = "repository-passphrase";
+/// Environment variable that may hold the new passphrase for `m365bk key add|passwd`.
+pub const NEW_PASSPHRASE_ENV: &str = "M365BK_NEW_PASSPHRASE";
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -53,6 +60,8 @@ pub struct TenantSection {
 pub struct RepositorySection {
     /// `file:///path` or a filesystem path.
     pub url: String,
+    /// File holding the repository passphrase (mode 0600 or stricter).
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// `[catalog]`.
@@ -104,6 +113,15 @@ pub enum ConfigError {
     /// The secret file is unusable.
     #[error("client secret file {path}: {detail}")]
     SecretFile { path: PathBuf, detail: String },
+    /// No repository passphrase anywhere, for `init`.
+    #[error("no repository passphrase: set repository.passphrase_file to a file holding it (mode 0600), or set ${PASSPHRASE_ENV}, or pass a systemd credential named `{PASSPHRASE_CREDENTIAL}`; or run `m365bk init --no-encryption` for an unencrypted repository. Passphrases are never taken from the command line")]
+    NoPassphrase,
+    /// No new passphrase for `key add` / `key passwd`.
+    #[error("no new passphrase: pass --new-passphrase-file FILE (mode 0600) or set ${NEW_PASSPHRASE_ENV}. Passphrases are never taken from the command line")]
+    NoNewPassphrase,
+    /// A passphrase file is unusable.
+    #[error("passphrase file {path}: {detail}")]
+    PassphraseFile { path: PathBuf, detail: String },
 }
 
 /// Validated settings.
@@ -123,6 +141,8 @@ pub struct Settings {
     pub sharepoint_host: Option<String>,
     /// Repository location.
     pub repository: String,
+    /// Where the repository passphrase is read from, if a file (resolved lazily).
+    pub passphrase_file: Option<PathBuf>,
     /// Catalog file.
     pub catalog: PathBuf,
     /// Backup page size.
@@ -260,6 +280,7 @@ impl Settings {
             graph_base,
             sharepoint_host: file.tenant.sharepoint_host,
             repository,
+            passphrase_file: file.repository.passphrase_file.as_deref().map(resolve),
             catalog: file
                 .catalog
                 .path
@@ -294,6 +315,82 @@ impl Settings {
         }
         Err(ConfigError::NoSecret)
     }
+
+    /// The repository passphrase: `repository.passphrase_file`, else `$M365BK_PASSPHRASE`,
+    /// else the systemd credential `repository-passphrase`; `None` if there is none (fine for
+    /// an unencrypted repository). One line ending at the end is not part of it.
+    ///
+    /// # Errors
+    /// [`ConfigError::PassphraseFile`] for an unreadable, empty or world-readable file.
+    pub fn passphrase(&self) -> Result<Option<SecretString>, ConfigError> {
+        if let Some(path) = &self.passphrase_file {
+            return read_passphrase_file(path).map(Some);
+        }
+        if let Some(s) = passphrase_env(PASSPHRASE_ENV) {
+            return Ok(Some(s));
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = PathBuf::from(dir).join(PASSPHRASE_CREDENTIAL);
+            if p.exists() {
+                return read_passphrase_file(&p).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A new passphrase for `key add` / `key passwd`: `file`, else `$M365BK_NEW_PASSPHRASE`.
+///
+/// # Errors
+/// [`ConfigError::NoNewPassphrase`], [`ConfigError::PassphraseFile`].
+pub fn new_passphrase(file: Option<&Path>) -> Result<SecretString, ConfigError> {
+    if let Some(path) = file {
+        return read_passphrase_file(path);
+    }
+    passphrase_env(NEW_PASSPHRASE_ENV).ok_or(ConfigError::NoNewPassphrase)
+}
+
+fn passphrase_env(var: &str) -> Option<SecretString> {
+    let value = std::env::var(var).ok()?;
+    let value = strip_line_end(&value);
+    (!value.is_empty()).then(|| SecretString::from(value))
+}
+
+/// Removes one trailing `\n` or `\r\n` (what `echo` and editors add); other whitespace is part
+/// of the passphrase.
+fn strip_line_end(s: &str) -> &str {
+    s.strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix('\n'))
+        .unwrap_or(s)
+}
+
+fn read_passphrase_file(path: &Path) -> Result<SecretString, ConfigError> {
+    let err = |detail: String| ConfigError::PassphraseFile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text = secrecy::SecretBox::new(Box::new(read_private_file(path).map_err(err)?));
+    let value = strip_line_end(secrecy::ExposeSecret::expose_secret(&text));
+    if value.is_empty() {
+        return Err(err("is empty: put the repository passphrase in it".into()));
+    }
+    Ok(SecretString::from(value))
+}
+
+/// Reads a file that holds a secret, refusing one every user can read.
+fn read_private_file(path: &Path) -> Result<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(format!(
+                "is readable by every user: run `chmod 600 {}`",
+                path.display()
+            ));
+        }
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))
 }
 
 fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
@@ -301,18 +398,7 @@ fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         detail,
     };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read it ({e})")))?;
-        if meta.permissions().mode() & 0o004 != 0 {
-            return Err(err(format!(
-                "is readable by every user: run `chmod 600 {}`",
-                path.display()
-            )));
-        }
-    }
-    let s = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
+    let s = read_private_file(path).map_err(err)?;
     let s = s.trim();
     if s.is_empty() {
         return Err(err(
@@ -349,7 +435,34 @@ url = "repo"
         let s = Settings::parse(Path::new("/cfg/m365bk.toml"), GOOD).unwrap();
         assert_eq!(s.repository, "/cfg/repo");
         assert_eq!(s.secret_file.as_deref(), Some(Path::new("/cfg/secret")));
+        assert_eq!(s.passphrase_file, None);
         assert_eq!(s.page_size, 100);
+        let text = GOOD.replace(
+            "url = \"repo\"",
+            "url = \"repo\"\npassphrase_file = \"pass\"",
+        );
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), &text).unwrap();
+        assert_eq!(s.passphrase_file.as_deref(), Some(Path::new("/cfg/pass")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn passphrase_files_must_be_private_and_keep_inner_whitespace() {
+        use secrecy::ExposeSecret;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pass");
+        std::fs::write(&file, " two words \n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let p = new_passphrase(Some(&file)).unwrap();
+        assert_eq!(p.expose_secret(), " two words ");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = new_passphrase(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("pass"), "{e}");
+        std::fs::write(&file, "\r\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = new_passphrase(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
     }
 
     #[test]

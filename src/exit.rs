@@ -11,6 +11,9 @@ pub enum ExitCode {
     Incomplete = 3,
     /// No repository at the configured location.
     RepositoryMissing = 10,
+    /// The repository is encrypted and the passphrase given opens none of its key slots, or
+    /// none was given.
+    WrongPassphrase = 12,
     /// A service or endpoint could not be reached; trying again later may work.
     TempFail = 75,
     /// The gate refused the job: a permission is missing, or the credentials were rejected.

@@ -4,6 +4,8 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+#[cfg(test)]
+mod repo_checks;
 
 use clap::Parser;
 

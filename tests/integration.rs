@@ -6,6 +6,8 @@
 mod integration {
     mod bad_input;
     mod e2e;
+    mod encryption;
+    mod faults;
     mod gate;
     pub mod harness;
 }

@@ -14,6 +14,17 @@ pub const TENANT_ID: &str = "8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11";
 pub const CLIENT_ID: &str = "5b1f3c8e-7a2d-4e9f-b6c1-0d2e4f6a8b10";
 pub const SECRET: &str = "m365bk-test-secret-value";
 pub const ADMIN_ID: &str = "9f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+/// The repository passphrase every run gets through `$M365BK_PASSPHRASE`: `init` makes an
+/// encrypted repository, as it does by default.
+pub const PASSPHRASE: &str = "m365bk test passphrase: four random words";
+/// Argon2id cost for the tests' key slots (64 KiB, 1 iteration), set through the documented
+/// `M365BK_KDF_*` variables: real repositories use the default 64 MiB, 3 iterations. Only
+/// `init` and `key add|passwd` read them; m365bk logs a warning whenever it uses such a slot.
+pub const TEST_KDF_ENV: [(&str, &str); 3] = [
+    ("M365BK_KDF_MEMORY_KIB", "64"),
+    ("M365BK_KDF_ITERATIONS", "1"),
+    ("M365BK_KDF_PARALLELISM", "1"),
+];
 
 /// A corpus directory built by `scripts/build-corpus.py`.
 pub fn corpus(small: bool) -> PathBuf {
@@ -247,17 +258,35 @@ path = "{}"
         self.run_with(args, SECRET).await
     }
 
+    /// Runs with client secret `secret` and the test passphrase ([`PASSPHRASE`]).
     pub async fn run_with(&self, args: &[&str], secret: &str) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_m365bk"))
-            .arg("--config")
+        self.run_env(args, &[("M365BK_CLIENT_SECRET", Some(secret))])
+            .await
+    }
+
+    /// Runs with the defaults (client secret [`SECRET`], passphrase [`PASSPHRASE`], the cheap
+    /// [`TEST_KDF_ENV`], no `$M365BK_NEW_PASSPHRASE`), then `vars` on top: `Some` sets a
+    /// variable, `None` removes it.
+    pub async fn run_env(&self, args: &[&str], vars: &[(&str, Option<&str>)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_m365bk"));
+        cmd.arg("--config")
             .arg(&self.config)
             .args(args)
-            .env("M365BK_CLIENT_SECRET", secret)
+            .env("M365BK_CLIENT_SECRET", SECRET)
+            .env("M365BK_PASSPHRASE", PASSPHRASE)
             .env("M365BK_LOG", "info")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .await
-            .expect("run m365bk");
+            .env_remove("M365BK_NEW_PASSPHRASE")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        for (k, v) in TEST_KDF_ENV {
+            cmd.env(k, v);
+        }
+        for (k, v) in vars {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let out = cmd.output().await.expect("run m365bk");
         let run = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -2,7 +2,7 @@
 //!
 //! Data flow: [`ContentWriter::write`] buffers up to two maximum-size chunks, then (on a
 //! blocking thread) cuts chunks, hashes them, claims the new ones in the session, compresses
-//! those and appends them to the session's open pack. A full pack is sealed and uploaded by a
+//! and (in an encrypted repository) seals those and appends them to the session's open pack. A full pack is sealed and uploaded by a
 //! background task while writers go on; at most [`MAX_PACKS_IN_FLIGHT`] packs wait or upload at
 //! once (back-pressure). [`BackupWriter::commit_snapshot`] seals the open pack, waits for every
 //! pack sealed so far, writes one index file for the uploaded packs, then the snapshot.
@@ -158,6 +158,7 @@ impl BackupWriter {
         self.session.flush().await?;
         let repo = &self.session.repo.inner;
         let (snapshot, bytes) = snapshot::encode_snapshot(
+            &repo.codec,
             draft,
             tree,
             Utc::now(),
@@ -263,7 +264,7 @@ impl Session {
         let level = repo.config.compression.level;
         let encoded: Vec<EncodedBlob> = candidates
             .into_iter()
-            .map(|i| blob::encode(chunks[i].0, chunks[i].1, level))
+            .map(|i| blob::encode(chunks[i].0, chunks[i].1, level, &repo.codec))
             .collect();
 
         // Claim and append under one lock: a claimed blob is always in a pack (open, in
@@ -305,7 +306,8 @@ impl Session {
 
     async fn upload_pack(self: Arc<Self>, seq: u64, builder: PackBuilder) {
         let _slot = self.upload_slots.clone().acquire_owned().await;
-        let sealed = match tokio::task::spawn_blocking(move || builder.seal()).await {
+        let codec = self.repo.inner.codec.clone();
+        let sealed = match tokio::task::spawn_blocking(move || builder.seal(&codec)).await {
             Ok(sealed) => sealed,
             Err(e) => {
                 self.fail(format!("sealing a pack failed: {e}"));
@@ -375,8 +377,9 @@ impl Session {
         }
         let repo = &self.repo.inner;
         let level = repo.config.compression.level;
+        let codec = repo.codec.clone();
         let (packs, encoded) = tokio::task::spawn_blocking(move || {
-            let encoded = index::encode_index(&packs, level);
+            let encoded = index::encode_index(&codec, &packs, level);
             (packs, encoded)
         })
         .await

@@ -1,7 +1,14 @@
-//! Blob encoding: hashing, compression decision, decoding with verification.
+//! Blob encoding: hashing, compression decision, sealing, and decoding with verification.
+//!
+//! A stored blob is the chunk, zstd-compressed when that makes it smaller, then (in an
+//! encrypted repository) sealed as one unit: `nonce ‖ ciphertext ‖ tag`, so a ranged read of
+//! one blob can be opened on its own. Compression and sealing share one buffer: the compressor
+//! writes after room for the nonce, the cipher works in place and appends the tag.
 
 use bytes::Bytes;
 
+use crate::crypto::{Label, NONCE_LEN, TAG_LEN};
+use crate::format::{Codec, ObjectKind, AUTH_FAILED};
 use crate::id::BlobId;
 
 /// How a blob's bytes are stored in a pack.
@@ -61,15 +68,22 @@ fn with_compressor<R>(
     })
 }
 
-/// Compresses into a buffer one byte smaller than `data`; `None` if the result would not be
-/// smaller (zstd stops with "destination too small") or zstd fails.
-fn compress_if_smaller(level: i32, data: &[u8]) -> Option<Vec<u8>> {
+/// Compresses `data` into a new buffer after `prefix` zero bytes, with room for `spare` more
+/// bytes at the end; `None` if the result would not be smaller than `data` (zstd stops with
+/// "destination too small") or zstd fails.
+fn compress_if_smaller(level: i32, data: &[u8], prefix: usize, spare: usize) -> Option<Vec<u8>> {
     if data.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(data.len() - 1);
-    match with_compressor(level, |c| c.compress_to_buffer(data, &mut out))? {
-        Ok(n) if n < data.len() => Some(out),
+    // zstd is bounded by the capacity after the cursor: one byte less than `data`, so output
+    // that does not shrink stops early. `spare` keeps the later tag from reallocating.
+    let mut out = Vec::with_capacity(prefix + data.len() - 1 + spare);
+    out.resize(prefix, 0);
+    let mut cursor = std::io::Cursor::new(&mut out);
+    cursor.set_position(prefix as u64);
+    let limit = data.len() - 1;
+    match with_compressor(level, |c| c.compress_to_buffer(data, &mut cursor))? {
+        Ok(n) if n <= limit => Some(out),
         _ => None,
     }
 }
@@ -83,44 +97,78 @@ fn sample_compresses(data: &[u8]) -> bool {
     sample.extend_from_slice(&data[..w]);
     sample.extend_from_slice(&data[mid..mid + w]);
     sample.extend_from_slice(&data[data.len() - w..]);
-    match compress_if_smaller(1, &sample) {
+    match compress_if_smaller(1, &sample, 0, 0) {
         Some(c) => c.len() * 100 <= sample.len() * 97,
         None => false,
     }
 }
 
-/// Encodes one chunk: compressed with zstd when that makes it smaller, otherwise stored as is.
-pub(crate) fn encode(id: BlobId, data: &[u8], level: i32) -> EncodedBlob {
+/// Encodes one chunk: compressed with zstd when that makes it smaller, otherwise stored as is;
+/// then sealed if `codec` is. One copy of the chunk at most (into the compressor's or the
+/// cipher's buffer).
+pub(crate) fn encode(id: BlobId, data: &[u8], level: i32, codec: &Codec) -> EncodedBlob {
     let raw_len = u32::try_from(data.len()).expect("chunks are at most 16 MiB");
+    let (prefix, spare) = if codec.is_sealed() {
+        (NONCE_LEN, TAG_LEN)
+    } else {
+        (0, 0)
+    };
     let compressed = if data.len() >= SAMPLE_TEST_MIN_BYTES && !sample_compresses(data) {
         None
     } else {
-        compress_if_smaller(level, data)
+        compress_if_smaller(level, data, prefix, spare)
     };
-    match compressed {
-        Some(c) => EncodedBlob {
-            id,
-            raw_len,
-            compression: Compression::Zstd,
-            data: Bytes::from(c),
-        },
-        None => EncodedBlob {
-            id,
-            raw_len,
-            compression: Compression::None,
-            data: Bytes::copy_from_slice(data),
-        },
+    let (mut buf, compression) = match compressed {
+        Some(c) => (c, Compression::Zstd),
+        None => {
+            let mut buf = Vec::with_capacity(prefix + data.len() + spare);
+            buf.resize(prefix, 0);
+            buf.extend_from_slice(data);
+            (buf, Compression::None)
+        }
+    };
+    if let Some(key) = codec.key() {
+        key.seal_in_place(&codec.header(ObjectKind::Pack), Label::Blob, &mut buf, 0);
+    }
+    EncodedBlob {
+        id,
+        raw_len,
+        compression,
+        data: Bytes::from(buf),
     }
 }
 
-/// Decodes a stored blob and verifies its keyed hash. `Err` carries what is wrong.
+/// Opens (if sealed), decodes and verifies a stored blob against its keyed hash. `Err`
+/// carries what is wrong.
 pub(crate) fn decode(
     key: &[u8; 32],
+    codec: &Codec,
     id: &BlobId,
     stored: Bytes,
     compression: Compression,
     raw_len: u32,
 ) -> Result<Bytes, String> {
+    let stored = match codec.key() {
+        None => stored,
+        Some(sealing) => {
+            let header = codec.header(ObjectKind::Pack);
+            let failed = |_| format!("blob {id} {AUTH_FAILED}");
+            // A ranged read is usually the only owner of its buffer: open it in place.
+            match stored.try_into_mut() {
+                Ok(mut buf) => {
+                    let range = sealing
+                        .open_in_place(&header, Label::Blob, &mut buf)
+                        .map_err(failed)?;
+                    buf.freeze().slice(range)
+                }
+                Err(shared) => Bytes::from(
+                    sealing
+                        .open(&header, Label::Blob, &shared)
+                        .map_err(failed)?,
+                ),
+            }
+        }
+    };
     let raw = match compression {
         Compression::None => stored,
         Compression::Zstd => {
@@ -144,21 +192,29 @@ pub(crate) fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{random_key, SealingKey, SEAL_OVERHEAD};
+
+    fn plain() -> Codec {
+        Codec::plain(crate::format::FORMAT_VERSION)
+    }
 
     #[test]
     fn compressible_data_is_compressed_and_round_trips() {
         let key = [1u8; 32];
         let data = b"Subject: hello\r\n\r\nthe same words again and again ".repeat(4000);
         let id = blob_id(&key, &data);
-        let blob = encode(id, &data, 3);
-        assert_eq!(blob.compression, Compression::Zstd);
-        assert!(
-            blob.data.len() < data.len() / 10,
-            "{} bytes",
-            blob.data.len()
-        );
-        let back = decode(&key, &id, blob.data, blob.compression, blob.raw_len).unwrap();
-        assert_eq!(&back[..], &data[..]);
+        for codec in [plain(), Codec::sealed(SealingKey::new(&random_key()))] {
+            let blob = encode(id, &data, 3, &codec);
+            assert_eq!(blob.compression, Compression::Zstd);
+            assert!(
+                blob.data.len() < data.len() / 10,
+                "{} bytes",
+                blob.data.len()
+            );
+            let back =
+                decode(&key, &codec, &id, blob.data, blob.compression, blob.raw_len).unwrap();
+            assert_eq!(&back[..], &data[..]);
+        }
     }
 
     #[test]
@@ -166,13 +222,46 @@ mod tests {
         let key = [1u8; 32];
         let data: Vec<u8> = (0..300_000).map(|_| rand::random::<u8>()).collect();
         let id = blob_id(&key, &data);
-        let blob = encode(id, &data, 3);
+        let blob = encode(id, &data, 3, &plain());
         assert_eq!(blob.compression, Compression::None);
         assert_eq!(blob.data.len(), data.len());
         // Small random data takes the full attempt and is also stored raw.
         let small = &data[..1000];
-        let blob = encode(blob_id(&key, small), small, 3);
+        let blob = encode(blob_id(&key, small), small, 3, &plain());
         assert_eq!(blob.compression, Compression::None);
+        // Sealed: raw plus nonce and tag, and no plaintext left.
+        let sealed = Codec::sealed(SealingKey::new(&random_key()));
+        let blob = encode(id, &data, 3, &sealed);
+        assert_eq!(blob.compression, Compression::None);
+        assert_eq!(blob.data.len(), data.len() + SEAL_OVERHEAD);
+        assert!(!blob.data.windows(64).any(|w| w == &data[1000..1064]));
+        let back = decode(
+            &key,
+            &sealed,
+            &id,
+            blob.data,
+            blob.compression,
+            blob.raw_len,
+        )
+        .unwrap();
+        assert_eq!(&back[..], &data[..]);
+    }
+
+    #[test]
+    fn incompressible_output_near_the_limit_is_stored_raw() {
+        // zstd output of random data is a little larger than the input: the bounded buffer
+        // makes zstd stop, and the blob is stored raw, sealed or not.
+        let data: Vec<u8> = (0..4000).map(|_| rand::random::<u8>()).collect();
+        for (prefix, spare) in [(0, 0), (NONCE_LEN, TAG_LEN)] {
+            assert!(compress_if_smaller(3, &data, prefix, spare).is_none());
+        }
+        let text = b"abcabcabc".repeat(100);
+        let c = compress_if_smaller(3, &text, NONCE_LEN, TAG_LEN).unwrap();
+        assert_eq!(&c[..NONCE_LEN], &[0u8; NONCE_LEN]);
+        assert_eq!(
+            zstd::bulk::decompress(&c[NONCE_LEN..], text.len()).unwrap(),
+            text
+        );
     }
 
     #[test]
@@ -180,14 +269,32 @@ mod tests {
         let key = [2u8; 32];
         let data = vec![5u8; 1000];
         let id = blob_id(&key, &data);
-        let blob = encode(id, &data, 3);
-        let mut damaged = blob.data.to_vec();
-        let last = damaged.len() - 1;
-        damaged[last] ^= 0xff;
-        let err = decode(&key, &id, damaged.into(), blob.compression, blob.raw_len).unwrap_err();
-        assert!(err.contains(&id.to_string()), "{err}");
-        let other_key = [3u8; 32];
-        let err = decode(&other_key, &id, blob.data, blob.compression, blob.raw_len).unwrap_err();
-        assert!(err.contains("hash mismatch"), "{err}");
+        for codec in [plain(), Codec::sealed(SealingKey::new(&random_key()))] {
+            let blob = encode(id, &data, 3, &codec);
+            let mut damaged = blob.data.to_vec();
+            let last = damaged.len() - 1;
+            damaged[last] ^= 0xff;
+            let err = decode(
+                &key,
+                &codec,
+                &id,
+                damaged.into(),
+                blob.compression,
+                blob.raw_len,
+            )
+            .unwrap_err();
+            assert!(err.contains(&id.to_string()), "{err}");
+            let other_key = [3u8; 32];
+            let err = decode(
+                &other_key,
+                &codec,
+                &id,
+                blob.data,
+                blob.compression,
+                blob.raw_len,
+            )
+            .unwrap_err();
+            assert!(err.contains("hash mismatch"), "{err}");
+        }
     }
 }

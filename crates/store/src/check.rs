@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob;
 use crate::error::{Error, Result};
+use crate::format::Codec;
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId, SnapshotId};
 use crate::index::{self, Index};
 use crate::pack::{self, pack_path, BlobEntry};
@@ -103,9 +104,12 @@ impl Repository {
                 .map(|id| async move {
                     let packs = async {
                         let bytes = inner.get("index", &index::index_path(&id)).await?;
-                        tokio::task::spawn_blocking(move || index::decode_index(&id, &bytes))
-                            .await
-                            .map_err(Error::join)?
+                        let codec = inner.codec.clone();
+                        tokio::task::spawn_blocking(move || {
+                            index::decode_index(&codec, &id, &bytes)
+                        })
+                        .await
+                        .map_err(Error::join)?
                     }
                     .await;
                     (id, packs)
@@ -176,11 +180,13 @@ impl Repository {
                     }
                 };
                 let id = info.id;
-                let key = inner.key;
-                let (bad, pack_problems, n) =
-                    tokio::task::spawn_blocking(move || verify_pack(&key, &id, &bytes, &entries))
-                        .await
-                        .map_err(Error::join)?;
+                let key = inner.key.clone();
+                let codec = inner.codec.clone();
+                let (bad, pack_problems, n) = tokio::task::spawn_blocking(move || {
+                    verify_pack(&codec, &key, &id, &bytes, &entries)
+                })
+                .await
+                .map_err(Error::join)?;
                 report.packs_checked += 1;
                 report.blobs_checked += n;
                 if !bad.is_empty() || !pack_problems.is_empty() {
@@ -334,7 +340,7 @@ async fn read_items(
         .map(|id| index.get(id).ok_or(Error::BlobNotIndexed { id: *id }))
         .collect::<Result<_>>()?;
     let mut blobs = futures::stream::iter(located)
-        .map(|loc| fetch_blob(&*inner.store, &inner.key, loc))
+        .map(|loc| fetch_blob(&*inner.store, &inner.codec, &inner.key, loc))
         .buffered(4);
     while let Some(bytes) = blobs.try_next().await? {
         parser.push(&bytes)?;
@@ -345,6 +351,7 @@ async fn read_items(
 /// Checks one whole pack against its index entries. Returns the damaged blobs (with what is
 /// wrong), problems with the pack as a whole, and the number of blobs checked.
 fn verify_pack(
+    codec: &Codec,
     key: &[u8; 32],
     id: &PackId,
     bytes: &bytes::Bytes,
@@ -354,7 +361,7 @@ fn verify_pack(
     if blake3::hash(bytes).as_bytes() != id.as_bytes() {
         pack_problems.push("content does not hash to its name".to_owned());
     }
-    match pack::parse_pack(id, bytes) {
+    match pack::parse_pack(codec, id, bytes) {
         Ok(listed) => {
             let listed: IdMap<BlobId, BlobEntry> = listed.into_iter().map(|e| (e.id, e)).collect();
             let disagree = entries
@@ -381,8 +388,14 @@ fn verify_pack(
             continue;
         }
         let stored = bytes.slice(range.start as usize..range.end as usize);
-        if let Err(detail) = blob::decode(key, &entry.id, stored, entry.compression, entry.raw_len)
-        {
+        if let Err(detail) = blob::decode(
+            key,
+            codec,
+            &entry.id,
+            stored,
+            entry.compression,
+            entry.raw_len,
+        ) {
             bad.push((entry.id, detail));
         }
     }

@@ -1,18 +1,25 @@
-//! The repository `config` object: format version, repository id, chunker parameters, blob-id
-//! key, compression.
+//! The repository `config` object: format version, repository id, encryption, chunker
+//! parameters (with the gear seed), blob-id key, compression. Sealed with the master key in an
+//! encrypted repository, so the blob-id key and the gear seed never leave it in the clear.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
+use crate::crypto::{self, KEY_LEN};
 use crate::error::{Error, Result};
-use crate::format::{self, ObjectKind};
+use crate::format::{Codec, ObjectKind, FORMAT_VERSION};
 use crate::KIB;
 use crate::MIB;
 
 /// Name of the config object.
 pub(crate) const CONFIG_NAME: &str = "config";
-/// Repository format version written into `config`.
-pub(crate) const REPO_VERSION: u32 = 1;
+/// Repository format version written into `config` (same as the object header version).
+pub(crate) const REPO_VERSION: u32 = FORMAT_VERSION as u32;
+/// `encryption` of a repository whose objects are sealed with XChaCha20-Poly1305.
+pub(crate) const ENCRYPTION_XCHACHA: &str = "xchacha20-poly1305";
+/// `encryption` of a plaintext repository (and of every version-1 repository).
+pub(crate) const ENCRYPTION_NONE: &str = "none";
 
 /// Minimum chunk size: mail bodies under this are always one chunk.
 pub(crate) const CHUNK_MIN_BYTES: u32 = 64 * KIB as u32;
@@ -32,10 +39,17 @@ pub(crate) struct RepoConfig {
     /// Repository id, 64 hex characters.
     pub id: String,
     pub created: DateTime<Utc>,
+    /// `"xchacha20-poly1305"` or `"none"` (absent in version 1: `"none"`).
+    #[serde(default = "encryption_none")]
+    pub encryption: String,
     pub chunker: ChunkerConfig,
     pub blob_id: BlobIdConfig,
     pub compression: CompressionConfig,
     pub pack_target_size: u64,
+}
+
+fn encryption_none() -> String {
+    ENCRYPTION_NONE.to_owned()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -55,7 +69,7 @@ pub(crate) struct ChunkerConfig {
 pub(crate) struct BlobIdConfig {
     /// `"blake3-keyed"`.
     pub algorithm: String,
-    /// 32-byte key, hex. Stored in the clear until encryption wraps it.
+    /// 32-byte key, hex. Cleared in memory once decoded (see [`RepoConfig::decode`]).
     pub key: String,
 }
 
@@ -68,13 +82,19 @@ pub(crate) struct CompressionConfig {
 
 impl RepoConfig {
     /// A new configuration with fresh random id, gear seed and blob-id key.
-    pub(crate) fn generate() -> Self {
+    pub(crate) fn generate(encrypted: bool) -> Self {
         let id: [u8; 32] = rand::random();
-        let key: [u8; 32] = rand::random();
+        let key = crypto::random_key();
         Self {
             version: REPO_VERSION,
             id: hex::encode(id),
             created: Utc::now(),
+            encryption: if encrypted {
+                ENCRYPTION_XCHACHA
+            } else {
+                ENCRYPTION_NONE
+            }
+            .to_owned(),
             chunker: ChunkerConfig {
                 algorithm: "fastcdc-v2020".to_owned(),
                 min_size: CHUNK_MIN_BYTES,
@@ -85,7 +105,7 @@ impl RepoConfig {
             },
             blob_id: BlobIdConfig {
                 algorithm: "blake3-keyed".to_owned(),
-                key: hex::encode(key),
+                key: hex::encode(*key),
             },
             compression: CompressionConfig {
                 algorithm: "zstd".to_owned(),
@@ -95,29 +115,38 @@ impl RepoConfig {
         }
     }
 
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
-        let mut out = format::header(ObjectKind::Config).to_vec();
-        serde_json::to_writer_pretty(&mut out, self).map_err(|e| Error::Internal {
-            detail: format!("cannot encode config: {e}"),
-        })?;
-        out.push(b'\n');
-        Ok(out)
+    /// The `config` object: header ‖ JSON, the JSON sealed if `codec` is.
+    pub(crate) fn encode(&self, codec: &Codec) -> Result<Vec<u8>> {
+        let mut json =
+            Zeroizing::new(
+                serde_json::to_vec_pretty(self).map_err(|e| Error::Internal {
+                    detail: format!("cannot encode config: {e}"),
+                })?,
+            );
+        json.push(b'\n');
+        Ok(codec.encode(ObjectKind::Config, &json))
     }
 
-    /// Parses and validates a `config` object.
+    /// Parses and validates a `config` object read with `codec` (see
+    /// [`crate::format::read_header`] to choose it). Returns the config, its blob-id key
+    /// removed, and the key.
     ///
     /// # Errors
-    /// [`Error::CorruptObject`] for malformed or out-of-range values,
-    /// [`Error::UnsupportedVersion`] for a newer repository version.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<(Self, [u8; 32])> {
-        let body = format::strip_header(ObjectKind::Config, CONFIG_NAME, bytes)?;
+    /// [`Error::CorruptObject`] for malformed or out-of-range values or a body that fails
+    /// authentication, [`Error::UnsupportedVersion`] for a newer repository version.
+    pub(crate) fn decode(bytes: &[u8], codec: &Codec) -> Result<(Self, Zeroizing<[u8; KEY_LEN]>)> {
+        let body = Zeroizing::new(
+            codec
+                .decode(ObjectKind::Config, CONFIG_NAME, bytes)?
+                .into_owned(),
+        );
         let corrupt = |detail: String| Error::CorruptObject {
             kind: "config",
             name: CONFIG_NAME.to_owned(),
             detail,
         };
-        let config: RepoConfig =
-            serde_json::from_slice(body).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+        let mut config: RepoConfig =
+            serde_json::from_slice(&body).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
         if config.version > REPO_VERSION {
             return Err(Error::UnsupportedVersion {
                 kind: "config",
@@ -159,9 +188,32 @@ impl RepoConfig {
                 detail: format!("blob id algorithm {:?}", config.blob_id.algorithm),
             });
         }
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(&config.blob_id.key, &mut key)
+        if config.version == 0 || config.version != u32::from(bytes[4]) {
+            return Err(corrupt(format!(
+                "says version {}, its header version {}",
+                config.version, bytes[4]
+            )));
+        }
+        let want = if codec.is_sealed() {
+            ENCRYPTION_XCHACHA
+        } else {
+            ENCRYPTION_NONE
+        };
+        if config.encryption != want {
+            return Err(corrupt(format!(
+                "says encryption {:?}, but the object is {}",
+                config.encryption,
+                if codec.is_sealed() {
+                    "sealed"
+                } else {
+                    "plaintext"
+                }
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        hex::decode_to_slice(&config.blob_id.key, key.as_mut())
             .map_err(|e| corrupt(format!("blob id key: {e}")))?;
+        config.blob_id.key.zeroize();
         if config.compression.algorithm != "zstd" {
             return Err(Error::UnsupportedEncoding {
                 kind: "config",
@@ -188,29 +240,65 @@ impl RepoConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::SealingKey;
 
     #[test]
     fn round_trip_and_validation() {
-        let config = RepoConfig::generate();
-        let bytes = config.encode().unwrap();
+        let codec = Codec::plain(FORMAT_VERSION);
+        let config = RepoConfig::generate(false);
+        let bytes = config.encode(&codec).unwrap();
         assert_eq!(&bytes[..4], b"MBKC");
-        let (back, key) = RepoConfig::decode(&bytes).unwrap();
+        let (back, key) = RepoConfig::decode(&bytes, &codec).unwrap();
         assert_eq!(back.id, config.id);
         assert_eq!(back.chunker.gear_seed, config.chunker.gear_seed);
-        assert_eq!(hex::encode(key), config.blob_id.key);
+        assert_eq!(hex::encode(*key), config.blob_id.key);
+        assert!(
+            back.blob_id.key.is_empty(),
+            "the key is not kept in the config"
+        );
 
         let mut newer = config.clone();
-        newer.version = 2;
-        let err = RepoConfig::decode(&newer.encode().unwrap()).unwrap_err();
+        newer.version = 3;
+        let err = RepoConfig::decode(&newer.encode(&codec).unwrap(), &codec).unwrap_err();
         assert!(
-            matches!(err, Error::UnsupportedVersion { found: 2, .. }),
+            matches!(err, Error::UnsupportedVersion { found: 3, .. }),
             "{err}"
         );
 
-        let mut odd = config;
+        let mut odd = config.clone();
         odd.chunker.avg_size = 1000;
         odd.chunker.max_size = 999;
-        let err = RepoConfig::decode(&odd.encode().unwrap()).unwrap_err();
+        let err = RepoConfig::decode(&odd.encode(&codec).unwrap(), &codec).unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
+
+        // A version-1 config (no `encryption` field, header version 1) still reads.
+        let mut v1 = config;
+        v1.version = 1;
+        let v1_codec = Codec::plain(1);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&v1.encode(&v1_codec).unwrap()[8..]).unwrap();
+        json.as_object_mut().unwrap().remove("encryption");
+        let mut bytes = crate::format::header(ObjectKind::Config, 1, 0).to_vec();
+        bytes.extend_from_slice(json.to_string().as_bytes());
+        let (back, _) = RepoConfig::decode(&bytes, &v1_codec).unwrap();
+        assert_eq!((back.version, back.encryption.as_str()), (1, "none"));
+    }
+
+    #[test]
+    fn sealed_config_hides_the_keys_and_must_say_encrypted() {
+        let codec = Codec::sealed(SealingKey::new(&crypto::random_key()));
+        let config = RepoConfig::generate(true);
+        let bytes = config.encode(&codec).unwrap();
+        assert_eq!(bytes[5], 1);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&config.blob_id.key) && !text.contains("gear_seed"));
+        let (back, key) = RepoConfig::decode(&bytes, &codec).unwrap();
+        assert_eq!(back.encryption, "xchacha20-poly1305");
+        assert_eq!(hex::encode(*key), config.blob_id.key);
+
+        let mut liar = config;
+        liar.encryption = "none".into();
+        let err = RepoConfig::decode(&liar.encode(&codec).unwrap(), &codec).unwrap_err();
+        assert!(err.to_string().contains("says encryption"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the storage core.
 ///
 /// Each message names the object and says what to do about it, so the CLI can print it as is.
-/// Object kinds are `"config"`, `"pack"`, `"index"`, `"snapshot"`, `"blob"`.
+/// Object kinds are `"config"`, `"pack"`, `"index"`, `"snapshot"`, `"blob"`, `"key"`.
 #[non_exhaustive]
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
@@ -38,6 +38,87 @@ pub enum Error {
         /// Why it was rejected.
         detail: String,
     },
+
+    /// The repository is encrypted and no passphrase was given.
+    #[error(
+        "repository {location} is encrypted and no passphrase was given: set repository.passphrase_file (a file of mode 0600 holding it), $M365BK_PASSPHRASE, or a systemd credential named repository-passphrase"
+    )]
+    PassphraseRequired {
+        /// The location as given.
+        location: String,
+    },
+
+    /// The passphrase opens none of the repository's key slots. Nothing was read or written.
+    #[error(
+        "the passphrase does not open any key slot of repository {location}: check repository.passphrase_file / $M365BK_PASSPHRASE"
+    )]
+    WrongPassphrase {
+        /// The location as given.
+        location: String,
+    },
+
+    /// The repository is encrypted, but no key slot under `keys/` can be read.
+    #[error(
+        "repository {location} is encrypted but has no readable key slot under keys/, so no passphrase can open it: restore keys/ from a copy of the repository"
+    )]
+    NoKeySlot {
+        /// The location as given.
+        location: String,
+    },
+
+    /// A key operation on a repository made without encryption.
+    #[error(
+        "repository {location} is not encrypted (it was created with `m365bk init --no-encryption`), so it has no key slots"
+    )]
+    NotEncrypted {
+        /// The location as given.
+        location: String,
+    },
+
+    /// No key slot with this id or prefix.
+    #[error("no key slot {id} in the repository: run `m365bk key list` to list the key ids")]
+    KeyNotFound {
+        /// The id or prefix asked for.
+        id: String,
+    },
+
+    /// A key id prefix matches more than one key slot.
+    #[error("key id prefix {prefix:?} matches {matches} key slots: give more hex digits")]
+    AmbiguousKeyId {
+        /// The prefix asked for.
+        prefix: String,
+        /// How many slots it matches.
+        matches: usize,
+    },
+
+    /// Removing this key slot would leave the repository without any.
+    #[error(
+        "key slot {id} is the repository's only one, and without it nothing could open the repository: add another with `m365bk key add` first, or change its passphrase with `m365bk key passwd`"
+    )]
+    LastKey {
+        /// The slot.
+        id: crate::KeyId,
+    },
+
+    /// The key slot to remove is the one the given passphrase opened.
+    #[error(
+        "key slot {id} is the one the given passphrase opened: to remove it, run the command with another key slot's passphrase, or change this one's passphrase with `m365bk key passwd`"
+    )]
+    KeyInUse {
+        /// The slot.
+        id: crate::KeyId,
+    },
+
+    /// Argon2id parameters out of range.
+    #[error("invalid key derivation parameters: {detail}")]
+    InvalidKdfParams {
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A new passphrase was empty.
+    #[error("an empty passphrase is not allowed: choose a long one (a few random words)")]
+    EmptyPassphrase,
 
     /// An object was written by a newer format version.
     #[error(
@@ -130,7 +211,7 @@ pub enum Error {
         "storage backend failed to {operation} {name}: {source}; check that the repository location is reachable and writable, then retry"
     )]
     Backend {
-        /// `"read"`, `"write"`, `"list"`, `"stat"`.
+        /// `"read"`, `"write"`, `"list"`, `"stat"`, `"delete"`.
         operation: &'static str,
         /// Object name or prefix.
         name: String,

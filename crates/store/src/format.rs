@@ -1,18 +1,26 @@
-//! The header every repository object starts with.
+//! The header every repository object starts with, and the [`Codec`] that writes and reads
+//! objects in a repository's format (plaintext, or sealed with its master key).
 //!
 //! ```text
-//! offset 0  magic     4 bytes  b"MBKC" config, b"MBKP" pack, b"MBKI" index, b"MBKS" snapshot
-//! offset 4  version   u8       format version of this object kind (1)
-//! offset 5  envelope  u8       0 = plaintext; later: authenticated encryption of the rest
+//! offset 0  magic     4 bytes  b"MBKC" config, b"MBKP" pack, b"MBKI" index, b"MBKS" snapshot,
+//!                              b"MBKK" key slot
+//! offset 4  version   u8       format version (1 or 2; the repository's version)
+//! offset 5  envelope  u8       0 = plaintext, 1 = sealed with XChaCha20-Poly1305 under the master key
 //! offset 6  reserved  2 bytes  zero
 //! ```
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::crypto::{Label, SealingKey, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 
-/// Format version written by this build, and the highest one it reads.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Format version written by this build for new repositories, and the highest one it reads.
+pub(crate) const FORMAT_VERSION: u8 = 2;
 /// Envelope byte for plaintext objects.
 pub(crate) const ENVELOPE_PLAIN: u8 = 0;
+/// Envelope byte for objects sealed with XChaCha20-Poly1305 under the master key.
+pub(crate) const ENVELOPE_SEALED: u8 = 1;
 /// Length of the object header.
 pub(crate) const HEADER_LEN: usize = 8;
 
@@ -23,6 +31,7 @@ pub(crate) enum ObjectKind {
     Pack,
     Index,
     Snapshot,
+    Key,
 }
 
 impl ObjectKind {
@@ -32,6 +41,7 @@ impl ObjectKind {
             ObjectKind::Pack => *b"MBKP",
             ObjectKind::Index => *b"MBKI",
             ObjectKind::Snapshot => *b"MBKS",
+            ObjectKind::Key => *b"MBKK",
         }
     }
 
@@ -41,22 +51,35 @@ impl ObjectKind {
             ObjectKind::Pack => "pack",
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Key => "key",
+        }
+    }
+
+    /// The label of a whole-object sealed body of this kind.
+    const fn label(self) -> Label {
+        match self {
+            ObjectKind::Config => Label::Config,
+            ObjectKind::Pack => Label::PackTrailer,
+            ObjectKind::Index => Label::Index,
+            ObjectKind::Snapshot => Label::Snapshot,
+            ObjectKind::Key => Label::KeySlot,
         }
     }
 }
 
-/// The 8-byte header for a plaintext object of `kind`.
-pub(crate) const fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
+/// The 8-byte header for an object of `kind`.
+pub(crate) const fn header(kind: ObjectKind, version: u8, envelope: u8) -> [u8; HEADER_LEN] {
     let m = kind.magic();
-    [m[0], m[1], m[2], m[3], FORMAT_VERSION, ENVELOPE_PLAIN, 0, 0]
+    [m[0], m[1], m[2], m[3], version, envelope, 0, 0]
 }
 
-/// Checks the header of object `name` and returns the bytes after it.
+/// Checks magic and version of object `name` and returns its header.
 ///
 /// # Errors
 /// [`Error::CorruptObject`] if the magic is wrong or the object is too short,
-/// [`Error::UnsupportedVersion`] / [`Error::UnsupportedEncoding`] if it is from a newer format.
-pub(crate) fn strip_header<'a>(kind: ObjectKind, name: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+/// [`Error::UnsupportedVersion`] if it is from a newer format, [`Error::UnsupportedEncoding`]
+/// for an unknown envelope.
+pub(crate) fn read_header(kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<[u8; HEADER_LEN]> {
     let corrupt = |detail: String| Error::CorruptObject {
         kind: kind.name(),
         name: name.to_owned(),
@@ -88,15 +111,134 @@ pub(crate) fn strip_header<'a>(kind: ObjectKind, name: &str, bytes: &'a [u8]) ->
             supported: FORMAT_VERSION.into(),
         });
     }
-    if bytes[5] != ENVELOPE_PLAIN {
+    let envelope = bytes[5];
+    if envelope > ENVELOPE_SEALED || (envelope == ENVELOPE_SEALED && version < 2) {
         return Err(Error::UnsupportedEncoding {
             kind: kind.name(),
             name: name.to_owned(),
-            detail: format!("envelope type {} (an encrypted repository?)", bytes[5]),
+            detail: format!("envelope type {envelope} in a version {version} object"),
         });
     }
-    Ok(&bytes[HEADER_LEN..])
+    Ok(bytes[..HEADER_LEN].try_into().expect("8 bytes"))
 }
+
+/// How one repository's objects are written and read: the header version for new objects, and
+/// the master key if the repository is encrypted. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Codec {
+    version: u8,
+    key: Option<Arc<SealingKey>>,
+}
+
+impl Codec {
+    /// Plaintext objects with `version` headers (1 for a version-1 repository).
+    pub(crate) fn plain(version: u8) -> Self {
+        Codec { version, key: None }
+    }
+
+    /// Objects sealed with the master key, current version.
+    pub(crate) fn sealed(key: SealingKey) -> Self {
+        Codec {
+            version: FORMAT_VERSION,
+            key: Some(Arc::new(key)),
+        }
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    pub(crate) fn key(&self) -> Option<&SealingKey> {
+        self.key.as_deref()
+    }
+
+    /// The header this codec writes for `kind`.
+    pub(crate) fn header(&self, kind: ObjectKind) -> [u8; HEADER_LEN] {
+        let envelope = if self.is_sealed() {
+            ENVELOPE_SEALED
+        } else {
+            ENVELOPE_PLAIN
+        };
+        header(kind, self.version, envelope)
+    }
+
+    /// Bytes sealing adds to each sealed unit (0 for plaintext).
+    pub(crate) fn overhead(&self) -> usize {
+        if self.is_sealed() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        }
+    }
+
+    /// A whole object: header ‖ body, the body sealed as one unit if encrypted.
+    pub(crate) fn encode(&self, kind: ObjectKind, body: &[u8]) -> Vec<u8> {
+        let header = self.header(kind);
+        let mut out = Vec::with_capacity(HEADER_LEN + self.overhead() + body.len());
+        out.extend_from_slice(&header);
+        match &self.key {
+            Some(key) => key.seal_append(&header, kind.label(), body, &mut out),
+            None => out.extend_from_slice(body),
+        }
+        out
+    }
+
+    /// Checks an object's header against this repository's format and returns it.
+    ///
+    /// # Errors
+    /// As [`read_header`], and [`Error::CorruptObject`] if the object is plaintext in an
+    /// encrypted repository or sealed in a plaintext one.
+    pub(crate) fn check_header(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<[u8; HEADER_LEN]> {
+        let header = read_header(kind, name, bytes)?;
+        let detail = match (header[5], self.is_sealed()) {
+            (ENVELOPE_PLAIN, true) => {
+                "stored in plaintext, but the repository is encrypted: m365bk did not write it"
+            }
+            (ENVELOPE_SEALED, false) => "encrypted, but the repository is not",
+            _ => return Ok(header),
+        };
+        Err(Error::CorruptObject {
+            kind: kind.name(),
+            name: name.to_owned(),
+            detail: detail.to_owned(),
+        })
+    }
+
+    /// Checks the header of a whole object and returns its body, opened if sealed.
+    ///
+    /// # Errors
+    /// As [`Codec::check_header`], and [`Error::CorruptObject`] if the body fails
+    /// authentication.
+    pub(crate) fn decode<'a>(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        bytes: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>> {
+        let header = self.check_header(kind, name, bytes)?;
+        let body = &bytes[HEADER_LEN..];
+        match &self.key {
+            None => Ok(Cow::Borrowed(body)),
+            Some(key) => key
+                .open(&header, kind.label(), body)
+                .map(Cow::Owned)
+                .map_err(|_| Error::CorruptObject {
+                    kind: kind.name(),
+                    name: name.to_owned(),
+                    detail: AUTH_FAILED.to_owned(),
+                }),
+        }
+    }
+}
+
+/// What a failed authentication means, for messages.
+pub(crate) const AUTH_FAILED: &str =
+    "fails authentication: damaged, or not written with this repository's key";
 
 /// Little-endian reader over a byte slice; `None` when the slice runs out.
 pub(crate) struct Reader<'a> {
@@ -141,43 +283,100 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::random_key;
 
     #[test]
     fn header_round_trip_and_rejections() {
-        let mut obj = header(ObjectKind::Index).to_vec();
-        obj.extend_from_slice(b"body");
+        let plain = Codec::plain(FORMAT_VERSION);
+        let obj = plain.encode(ObjectKind::Index, b"body");
+        assert_eq!(&obj[..6], b"MBKI\x02\x00");
         assert_eq!(
-            strip_header(ObjectKind::Index, "index/x", &obj).unwrap(),
+            &*plain.decode(ObjectKind::Index, "index/x", &obj).unwrap(),
             b"body"
         );
 
-        let err = strip_header(ObjectKind::Pack, "data/x", &obj).unwrap_err();
+        let err = plain.decode(ObjectKind::Pack, "data/x", &obj).unwrap_err();
         assert!(
             matches!(err, Error::CorruptObject { kind: "pack", .. }),
             "{err}"
         );
 
         let mut newer = obj.clone();
-        newer[4] = 2;
-        let err = strip_header(ObjectKind::Index, "index/x", &newer).unwrap_err();
+        newer[4] = 3;
+        let err = plain
+            .decode(ObjectKind::Index, "index/x", &newer)
+            .unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::UnsupportedVersion {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),
             "{err}"
         );
 
-        let mut sealed = obj.clone();
-        sealed[5] = 1;
-        let err = strip_header(ObjectKind::Index, "index/x", &sealed).unwrap_err();
+        let mut unknown = obj.clone();
+        unknown[5] = 7;
+        let err = plain
+            .decode(ObjectKind::Index, "index/x", &unknown)
+            .unwrap_err();
         assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
 
-        let err = strip_header(ObjectKind::Index, "index/x", b"MBK").unwrap_err();
+        let err = plain
+            .decode(ObjectKind::Index, "index/x", b"MBK")
+            .unwrap_err();
         assert!(err.to_string().contains("3 bytes long"), "{err}");
+
+        // Version 1 objects (plaintext only) are still read.
+        let v1 = Codec::plain(1).encode(ObjectKind::Index, b"old");
+        assert_eq!(v1[4], 1);
+        assert_eq!(
+            &*plain.decode(ObjectKind::Index, "index/x", &v1).unwrap(),
+            b"old"
+        );
+    }
+
+    #[test]
+    fn sealed_objects_round_trip_and_envelopes_must_match_the_repository() {
+        let sealed = Codec::sealed(SealingKey::new(&random_key()));
+        let obj = sealed.encode(ObjectKind::Snapshot, b"snapshot body");
+        assert_eq!(&obj[..6], b"MBKS\x02\x01");
+        assert_eq!(obj.len(), HEADER_LEN + SEAL_OVERHEAD + 13);
+        assert!(!obj.windows(8).any(|w| w == b"snapshot"));
+        assert_eq!(
+            &*sealed
+                .decode(ObjectKind::Snapshot, "snapshots/x", &obj)
+                .unwrap(),
+            b"snapshot body"
+        );
+
+        // A sealed snapshot body presented as an index: magic differs, and so would the label.
+        let mut as_index = obj.clone();
+        as_index[..4].copy_from_slice(b"MBKI");
+        let err = sealed
+            .decode(ObjectKind::Index, "index/x", &as_index)
+            .unwrap_err();
+        assert!(err.to_string().contains("fails authentication"), "{err}");
+
+        let plain = Codec::plain(FORMAT_VERSION);
+        let err = plain
+            .decode(ObjectKind::Snapshot, "snapshots/x", &obj)
+            .unwrap_err();
+        assert!(err.to_string().contains("encrypted, but"), "{err}");
+        let planted = plain.encode(ObjectKind::Snapshot, b"{}");
+        let err = sealed
+            .decode(ObjectKind::Snapshot, "snapshots/x", &planted)
+            .unwrap_err();
+        assert!(err.to_string().contains("stored in plaintext"), "{err}");
+
+        let mut sealed_v1 = obj;
+        sealed_v1[4] = 1;
+        let err = sealed
+            .decode(ObjectKind::Snapshot, "snapshots/x", &sealed_v1)
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
     }
 }

@@ -114,6 +114,12 @@ id_type!(
     "snapshot"
 );
 
+id_type!(
+    /// Identifies a key slot: the BLAKE3 hash of the key slot object's bytes.
+    KeyId,
+    "key"
+);
+
 /// Hasher for maps keyed by ids: their `Hash` impls write one `u64` of already-random bits.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);

@@ -1,19 +1,19 @@
 //! The index: which pack holds each blob. Index files, and the in-memory map built from them.
 //!
 //! ```text
-//! index object  header (b"MBKI", version 1, envelope 0, 0, 0) ‖ zstd(body)
+//! index object  header (b"MBKI", version, envelope, 0, 0) ‖ zstd(body), sealed if encrypted
 //! body          pack_count u32, then per pack:
 //!                 pack id 32 bytes, pack size u64, blob_count u32, blob_count × entry (45 bytes)
 //! entry         as in the pack trailer: blob id, offset u32, stored_len u32, raw_len u32, compression u8
 //! ```
-//! The index file's name is the BLAKE3 hash of the object's bytes.
+//! The index file's name is the BLAKE3 hash of the object's bytes (as stored).
 
 use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::blob::Compression;
 use crate::error::{Error, Result};
-use crate::format::{self, ObjectKind, Reader};
+use crate::format::{Codec, ObjectKind, Reader};
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
 use crate::pack::{BlobEntry, ENTRY_LEN};
 
@@ -31,7 +31,11 @@ pub(crate) struct IndexPack {
 }
 
 /// Encodes an index file; returns its id and bytes.
-pub(crate) fn encode_index(packs: &[IndexPack], level: i32) -> Result<(IndexId, Bytes)> {
+pub(crate) fn encode_index(
+    codec: &Codec,
+    packs: &[IndexPack],
+    level: i32,
+) -> Result<(IndexId, Bytes)> {
     let blob_count: usize = packs.iter().map(|p| p.blobs.len()).sum();
     let mut body = Vec::with_capacity(4 + packs.len() * 44 + blob_count * ENTRY_LEN);
     body.extend_from_slice(&(packs.len() as u32).to_le_bytes());
@@ -43,11 +47,10 @@ pub(crate) fn encode_index(packs: &[IndexPack], level: i32) -> Result<(IndexId, 
             blob.encode(&mut body);
         }
     }
-    let mut out = format::header(ObjectKind::Index).to_vec();
     let compressed = zstd::bulk::compress(&body, level).map_err(|e| Error::Internal {
         detail: format!("zstd failed on an index file: {e}"),
     })?;
-    out.extend_from_slice(&compressed);
+    let out = codec.encode(ObjectKind::Index, &compressed);
     let id = IndexId::from_bytes(*blake3::hash(&out).as_bytes());
     Ok((id, Bytes::from(out)))
 }
@@ -55,19 +58,21 @@ pub(crate) fn encode_index(packs: &[IndexPack], level: i32) -> Result<(IndexId, 
 /// Decodes and verifies an index file.
 ///
 /// # Errors
-/// [`Error::CorruptObject`] if the bytes do not hash to `id` or do not parse.
-pub(crate) fn decode_index(id: &IndexId, bytes: &[u8]) -> Result<Vec<IndexPack>> {
+/// [`Error::CorruptObject`] if the bytes do not hash to `id`, fail authentication or do not
+/// parse.
+pub(crate) fn decode_index(codec: &Codec, id: &IndexId, bytes: &[u8]) -> Result<Vec<IndexPack>> {
     let name = index_path(id).to_string();
     let corrupt = |detail: String| Error::CorruptObject {
         kind: "index",
         name: name.clone(),
         detail,
     };
-    let body = format::strip_header(ObjectKind::Index, &name, bytes)?;
+    codec.check_header(ObjectKind::Index, &name, bytes)?;
     if blake3::hash(bytes).as_bytes() != id.as_bytes() {
         return Err(corrupt("content does not hash to its name".to_owned()));
     }
-    let body = zstd::stream::decode_all(body).map_err(|e| corrupt(format!("zstd: {e}")))?;
+    let body = codec.decode(ObjectKind::Index, &name, bytes)?;
+    let body = zstd::stream::decode_all(&*body).map_err(|e| corrupt(format!("zstd: {e}")))?;
     let mut r = Reader::new(&body);
     let short = || corrupt("cut short".to_owned());
     let pack_count = r.u32().ok_or_else(short)?;
@@ -236,13 +241,23 @@ mod tests {
                 blobs: vec![entry(3, 8)],
             },
         ];
-        let (id, bytes) = encode_index(&packs, 3).unwrap();
+        let codec = Codec::plain(crate::format::FORMAT_VERSION);
+        let (id, bytes) = encode_index(&codec, &packs, 3).unwrap();
         assert_eq!(&bytes[..4], b"MBKI");
-        assert_eq!(decode_index(&id, &bytes).unwrap(), packs);
+        assert_eq!(decode_index(&codec, &id, &bytes).unwrap(), packs);
+
+        let sealed = Codec::sealed(crate::crypto::SealingKey::new(&crate::crypto::random_key()));
+        let (sealed_id, sealed_bytes) = encode_index(&sealed, &packs, 3).unwrap();
+        assert_eq!(
+            decode_index(&sealed, &sealed_id, &sealed_bytes).unwrap(),
+            packs
+        );
+        let (again_id, _) = encode_index(&sealed, &packs, 3).unwrap();
+        assert_ne!(again_id, sealed_id, "fresh nonce, new name");
 
         let mut damaged = bytes.to_vec();
         damaged[10] ^= 1;
-        let err = decode_index(&id, &damaged).unwrap_err();
+        let err = decode_index(&codec, &id, &damaged).unwrap_err();
         assert!(
             err.to_string().contains("does not hash to its name"),
             "{err}"

@@ -4,6 +4,10 @@
 //! - [`Repository`]: [`init`](Repository::init) / [`open`](Repository::open) a repository
 //!   (local directory or `file://` URL; any [`object_store::ObjectStore`] via
 //!   [`Repository::open_with_store`]), list and read snapshots, [`check`](Repository::check) it.
+//!   Encrypted by default ([`InitOptions`], [`Encryption`]): every object sealed with
+//!   XChaCha20-Poly1305 under a random master key that key slots wrap, one per passphrase,
+//!   with Argon2id ([`KdfParams`]); [`Repository::add_key`], [`Repository::list_keys`],
+//!   [`Repository::remove_key`], [`Repository::change_passphrase`] manage them.
 //! - [`BackupWriter`]: one backup session. Each item's content goes through a
 //!   [`ContentWriter`], which cuts it into content-defined chunks (FastCDC v2020, 64 KiB min,
 //!   256 KiB average, 2 MiB max), names each chunk by its keyed BLAKE3 hash ([`BlobId`]),
@@ -19,10 +23,17 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use futures::TryStreamExt;
-//! use m365bk_store::{Item, Repository, SnapshotDraft};
+//! use m365bk_store::{Encryption, InitOptions, Item, KdfParams, Repository, SecretString, SnapshotDraft};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let repo = Repository::init(dir.path().to_str().unwrap()).await?;
+//! let location = dir.path().to_str().unwrap();
+//! let passphrase = SecretString::from("correct horse battery staple");
+//! let repo = Repository::init(location, InitOptions {
+//!     encryption: Encryption::Passphrase(passphrase.clone()),
+//!     // Cheap key derivation keeps this example fast; real repositories use the default,
+//!     // KdfParams::RECOMMENDED (64 MiB, 3 iterations).
+//!     kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+//! }).await?;
 //!
 //! let backup = repo.begin_backup().await?;
 //! let mut writer = backup.content_writer();
@@ -49,7 +60,7 @@
 //!     .await?;
 //! backup.finish().await?;
 //!
-//! let repo = Repository::open(dir.path().to_str().unwrap()).await?;
+//! let repo = Repository::open(location, Some(passphrase)).await?;
 //! let found = repo.find_snapshot(&snapshot.id.to_string()[..8]).await?;
 //! let items = repo.load_items(&found).await?;
 //! let bytes: Vec<bytes::Bytes> = repo
@@ -69,10 +80,12 @@ mod catalog;
 mod check;
 mod chunker;
 mod config;
+mod crypto;
 mod error;
 mod format;
 mod id;
 mod index;
+mod keys;
 mod pack;
 mod repository;
 mod snapshot;
@@ -81,8 +94,11 @@ pub use backup::{BackupWriter, ContentWriter, WriteStats};
 pub use catalog::{Catalog, ItemRow, JobRun, SnapshotRow, SyncStats};
 pub use check::{CheckOptions, CheckProblem, CheckReport};
 pub use error::{Error, Result};
-pub use id::{BlobId, IndexId, PackId, SnapshotId};
-pub use repository::{RepoStats, Repository};
+pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
+pub use keys::{KdfParams, KeyInfo};
+pub use repository::{Encryption, InitOptions, RepoStats, Repository};
+/// Passphrases are passed as `secrecy`'s `SecretString` (zeroed on drop, redacted in `Debug`).
+pub use secrecy::SecretString;
 pub use snapshot::{ContentRef, Item, SkippedItem, Snapshot, SnapshotDraft};
 
 /// One kibibyte, in bytes.

@@ -1,22 +1,27 @@
 //! Opening and reading a repository.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::backup::BackupWriter;
 use crate::blob;
 use crate::chunker::Chunker;
 use crate::config::{RepoConfig, CONFIG_NAME};
+use crate::crypto::{SealingKey, KEY_LEN};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, SnapshotId};
+use crate::format::{self, Codec, ObjectKind, ENVELOPE_PLAIN, FORMAT_VERSION};
+use crate::id::{BlobId, IndexId, KeyId, SnapshotId};
 use crate::index::{self, Index, Located};
+use crate::keys::{self, KdfParams};
 use crate::pack::pack_path;
 use crate::snapshot::{self, ContentRef, Item, Snapshot};
 
@@ -37,8 +42,14 @@ pub(crate) struct RepoInner {
     pub location: String,
     pub store: Arc<dyn ObjectStore>,
     pub config: RepoConfig,
+    /// How objects are written and read: plaintext, or sealed with the master key.
+    pub codec: Codec,
+    /// The master key, to wrap in new key slots (`None`: not encrypted).
+    pub master: Option<Zeroizing<[u8; KEY_LEN]>>,
+    /// The key slot the passphrase opened.
+    pub current_key: Mutex<Option<KeyId>>,
     /// Blob-id key.
-    pub key: [u8; 32],
+    pub key: Zeroizing<[u8; KEY_LEN]>,
     pub chunker: Chunker,
     /// Index files merged so far (by this process: loaded or written).
     pub index: RwLock<Index>,
@@ -50,7 +61,46 @@ impl std::fmt::Debug for Repository {
         f.debug_struct("Repository")
             .field("location", &self.inner.location)
             .field("id", &self.inner.config.id)
+            .field("encrypted", &self.inner.codec.is_sealed())
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether and how a new repository is encrypted.
+#[derive(Clone, Debug)]
+pub enum Encryption {
+    /// Every object sealed with XChaCha20-Poly1305 under a random master key, held in a key
+    /// slot opened by this passphrase.
+    Passphrase(SecretString),
+    /// Plaintext: anyone who can read the repository can read the backups. Only when asked
+    /// for explicitly (`m365bk init --no-encryption`).
+    None,
+}
+
+/// How [`Repository::init`] makes a repository.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encrypted (with the first key slot's passphrase) or not.
+    pub encryption: Encryption,
+    /// Argon2id cost of the first key slot (ignored without encryption).
+    pub kdf: KdfParams,
+}
+
+impl InitOptions {
+    /// Encrypted, first key slot opened by `passphrase`, recommended key derivation cost.
+    pub fn passphrase(passphrase: SecretString) -> Self {
+        InitOptions {
+            encryption: Encryption::Passphrase(passphrase),
+            kdf: KdfParams::RECOMMENDED,
+        }
+    }
+
+    /// Not encrypted.
+    pub fn no_encryption() -> Self {
+        InitOptions {
+            encryption: Encryption::None,
+            kdf: KdfParams::RECOMMENDED,
+        }
     }
 }
 
@@ -124,13 +174,15 @@ fn local_store(path: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
 impl Repository {
     /// Creates a repository at `location`: `"file:///abs/path"` or a filesystem path (relative
     /// paths are resolved against the current directory). Creates the directory if needed and
-    /// writes a `config` object with a fresh repository id, blob-id key and chunker seed.
+    /// writes a `config` object with a fresh repository id, blob-id key and chunker seed; with
+    /// [`Encryption::Passphrase`], first a key slot holding a fresh random master key, and the
+    /// `config` sealed with it.
     ///
     /// # Errors
-    /// [`Error::RepositoryExists`] if a `config` object is already there,
-    /// [`Error::UnsupportedLocation`], [`Error::Io`] if the directory cannot be created,
-    /// [`Error::Backend`].
-    pub async fn init(location: &str) -> Result<Repository> {
+    /// [`Error::RepositoryExists`] if a `config` object is already there (nothing is written
+    /// then), [`Error::UnsupportedLocation`], [`Error::Io`] if the directory cannot be created,
+    /// [`Error::InvalidKdfParams`], [`Error::EmptyPassphrase`], [`Error::Backend`].
+    pub async fn init(location: &str, opts: InitOptions) -> Result<Repository> {
         let path = local_path(location)?;
         let existed = path.is_dir();
         std::fs::create_dir_all(&path).map_err(|source| Error::Io {
@@ -146,7 +198,7 @@ impl Repository {
                 })?;
             }
         }
-        Self::init_with_store(local_store(&path)?, location).await
+        Self::init_with_store(local_store(&path)?, location, opts).await
     }
 
     /// Like [`Repository::init`], on any object store (`location` is only used in messages).
@@ -158,44 +210,77 @@ impl Repository {
     pub async fn init_with_store(
         store: Arc<dyn ObjectStore>,
         location: &str,
+        opts: InitOptions,
     ) -> Result<Repository> {
-        let config = RepoConfig::generate();
-        let bytes = config.encode()?;
+        let config_path = Path::from(CONFIG_NAME);
+        let exists = || Error::RepositoryExists {
+            location: location.to_owned(),
+        };
+        // Checked first so that init never adds a key slot to an existing repository.
+        match store.head(&config_path).await {
+            Ok(_) => return Err(exists()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::backend("stat", CONFIG_NAME)(e)),
+        }
+        let (codec, master, current) = match opts.encryption {
+            Encryption::None => (Codec::plain(FORMAT_VERSION), None, None),
+            Encryption::Passphrase(passphrase) => {
+                let master = keys::generate_master_key();
+                let id = keys::add_slot(&*store, master.clone(), passphrase, opts.kdf).await?;
+                (
+                    Codec::sealed(SealingKey::new(&master)),
+                    Some(master),
+                    Some(id),
+                )
+            }
+        };
+        let mut config = RepoConfig::generate(codec.is_sealed());
+        let bytes = Bytes::from(config.encode(&codec)?);
+        config.blob_id.key.zeroize();
         match store
             .put_opts(
-                &Path::from(CONFIG_NAME),
-                PutPayload::from(bytes),
+                &config_path,
+                PutPayload::from(bytes.clone()),
                 PutMode::Create.into(),
             )
             .await
         {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(Error::RepositoryExists {
-                    location: location.to_owned(),
-                })
+                // Another init won the race: take back the key slot made for this one.
+                if let Some(id) = current {
+                    let _ = store.delete(&keys::key_path(&id)).await;
+                }
+                return Err(exists());
             }
             Err(e) => return Err(Error::backend("write", CONFIG_NAME)(e)),
         }
-        tracing::info!(location, repository = %config.id, "initialised repository");
-        let (config, key) = RepoConfig::decode(&config.encode()?)?;
-        Ok(Self::from_parts(store, location, config, key))
+        tracing::info!(location, repository = %config.id, encrypted = codec.is_sealed(), "initialised repository");
+        drop(config);
+        let (config, key) = RepoConfig::decode(&bytes, &codec)?;
+        Ok(Self::from_parts(
+            store, location, codec, config, key, master, current,
+        ))
     }
 
-    /// Opens the repository at `location` (see [`Repository::init`] for the forms).
+    /// Opens the repository at `location` (see [`Repository::init`] for the forms) with the
+    /// passphrase of one of its key slots (`None` for a repository made without encryption).
+    /// Repositories of format version 1 (plaintext) open too.
     ///
     /// # Errors
     /// [`Error::RepositoryNotFound`] if there is no `config` object (or no directory),
-    /// [`Error::UnsupportedVersion`] if it was made by a newer m365bk,
+    /// [`Error::PassphraseRequired`] if it is encrypted and `passphrase` is `None`,
+    /// [`Error::WrongPassphrase`] if the passphrase opens no key slot (nothing is written),
+    /// [`Error::NoKeySlot`], [`Error::UnsupportedVersion`] if it was made by a newer m365bk,
     /// [`Error::CorruptObject`] if `config` is damaged, [`Error::Backend`].
-    pub async fn open(location: &str) -> Result<Repository> {
+    pub async fn open(location: &str, passphrase: Option<SecretString>) -> Result<Repository> {
         let path = local_path(location)?;
         if !path.is_dir() {
             return Err(Error::RepositoryNotFound {
                 location: location.to_owned(),
             });
         }
-        Self::open_with_store(local_store(&path)?, location).await
+        Self::open_with_store(local_store(&path)?, location, passphrase).await
     }
 
     /// Like [`Repository::open`], on any object store (`location` is only used in messages).
@@ -205,6 +290,7 @@ impl Repository {
     pub async fn open_with_store(
         store: Arc<dyn ObjectStore>,
         location: &str,
+        passphrase: Option<SecretString>,
     ) -> Result<Repository> {
         let bytes = match store.get(&Path::from(CONFIG_NAME)).await {
             Ok(r) => r
@@ -218,15 +304,75 @@ impl Repository {
             }
             Err(e) => return Err(Error::backend("read", CONFIG_NAME)(e)),
         };
-        let (config, key) = RepoConfig::decode(&bytes)?;
-        Ok(Self::from_parts(store, location, config, key))
+        let header = format::read_header(ObjectKind::Config, CONFIG_NAME, &bytes)?;
+        if header[5] == ENVELOPE_PLAIN {
+            if passphrase.is_some() {
+                tracing::debug!(
+                    location,
+                    "the repository is not encrypted: no passphrase needed"
+                );
+            }
+            let codec = Codec::plain(header[4]);
+            let (config, key) = RepoConfig::decode(&bytes, &codec)?;
+            return Ok(Self::from_parts(
+                store, location, codec, config, key, None, None,
+            ));
+        }
+        let passphrase = passphrase.ok_or_else(|| Error::PassphraseRequired {
+            location: location.to_owned(),
+        })?;
+        let slots = keys::load_slots(&*store).await?;
+        if slots.is_empty() {
+            return Err(Error::NoKeySlot {
+                location: location.to_owned(),
+            });
+        }
+        // One Argon2id derivation per slot tried, off the async threads.
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut config_error = None;
+            for slot in &slots {
+                let Some(master) = slot.unlock(&passphrase) else {
+                    continue;
+                };
+                let codec = Codec::sealed(SealingKey::new(&master));
+                match RepoConfig::decode(&bytes, &codec) {
+                    Ok((config, key)) => return Ok(Some((slot.id, master, codec, config, key))),
+                    Err(e) => {
+                        // A slot left by a concurrent init that lost, or a damaged config.
+                        tracing::warn!(key = %slot.id.short(), error = %e, "the passphrase opens this key slot, but its master key does not open config");
+                        config_error = Some(e);
+                    }
+                }
+            }
+            config_error.map_or(Ok(None), Err)
+        })
+        .await
+        .map_err(Error::join)??;
+        let Some((id, master, codec, config, key)) = opened else {
+            return Err(Error::WrongPassphrase {
+                location: location.to_owned(),
+            });
+        };
+        tracing::debug!(location, key = %id.short(), "repository unlocked");
+        Ok(Self::from_parts(
+            store,
+            location,
+            codec,
+            config,
+            key,
+            Some(master),
+            Some(id),
+        ))
     }
 
     fn from_parts(
         store: Arc<dyn ObjectStore>,
         location: &str,
+        codec: Codec,
         config: RepoConfig,
-        key: [u8; 32],
+        key: Zeroizing<[u8; KEY_LEN]>,
+        master: Option<Zeroizing<[u8; KEY_LEN]>>,
+        current_key: Option<KeyId>,
     ) -> Repository {
         Repository {
             inner: Arc::new(RepoInner {
@@ -234,6 +380,9 @@ impl Repository {
                 store,
                 chunker: Chunker::new(&config.chunker),
                 config,
+                codec,
+                master,
+                current_key: Mutex::new(current_key),
                 key,
                 index: RwLock::new(Index::default()),
                 index_refresh: tokio::sync::Mutex::new(()),
@@ -443,7 +592,7 @@ impl RepoInner {
             }
             Err(e) => return Err(e),
         };
-        snapshot::decode_snapshot(&id, &bytes)
+        snapshot::decode_snapshot(&self.codec, &id, &bytes)
     }
 
     /// Merges index files that are not in memory yet.
@@ -467,9 +616,11 @@ impl RepoInner {
         let loaded: Vec<(IndexId, Vec<index::IndexPack>)> = futures::stream::iter(new)
             .map(|id| async move {
                 let bytes = self.get("index", &index::index_path(&id)).await?;
-                let packs = tokio::task::spawn_blocking(move || index::decode_index(&id, &bytes))
-                    .await
-                    .map_err(Error::join)??;
+                let codec = self.codec.clone();
+                let packs =
+                    tokio::task::spawn_blocking(move || index::decode_index(&codec, &id, &bytes))
+                        .await
+                        .map_err(Error::join)??;
                 Ok::<_, Error>((id, packs))
             })
             .buffer_unordered(LIST_CONCURRENCY)
@@ -502,7 +653,7 @@ impl RepoInner {
                 self.locate(&id).ok_or(Error::BlobNotIndexed { id })?
             }
         };
-        fetch_blob(&*self.store, &self.key, located).await
+        fetch_blob(&*self.store, &self.codec, &self.key, located).await
     }
 }
 
@@ -559,7 +710,8 @@ impl ItemParser {
 /// Fetches one blob's stored bytes from its pack and decodes them (verifying the hash).
 pub(crate) async fn fetch_blob(
     store: &dyn ObjectStore,
-    key: &[u8; 32],
+    codec: &Codec,
+    key: &[u8; KEY_LEN],
     located: Located,
 ) -> Result<Bytes> {
     let path = pack_path(&located.pack.id);
@@ -600,9 +752,17 @@ pub(crate) async fn fetch_blob(
             ),
         });
     }
-    let key = *key;
+    let key = Zeroizing::new(*key);
+    let codec = codec.clone();
     tokio::task::spawn_blocking(move || {
-        blob::decode(&key, &entry.id, stored, entry.compression, entry.raw_len)
+        blob::decode(
+            &key,
+            &codec,
+            &entry.id,
+            stored,
+            entry.compression,
+            entry.raw_len,
+        )
     })
     .await
     .map_err(Error::join)?

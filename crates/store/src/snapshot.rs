@@ -1,17 +1,18 @@
 //! Snapshots and the items they list.
 //!
 //! ```text
-//! snapshot object  header (b"MBKS", version 1, envelope 0, 0, 0) ‖ zstd(JSON of the snapshot without its id)
+//! snapshot object  header (b"MBKS", version, envelope, 0, 0) ‖ zstd(JSON of the snapshot without
+//!                  its id), sealed if encrypted
 //! tree             the item list: one JSON object per line (JSON Lines), stored as content blobs
 //! ```
-//! A snapshot's id is the BLAKE3 hash of its object's bytes.
+//! A snapshot's id is the BLAKE3 hash of its object's bytes (as stored).
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::format::{self, ObjectKind};
+use crate::format::{Codec, ObjectKind};
 use crate::id::{BlobId, SnapshotId};
 
 /// Object path of a snapshot: `snapshots/<64 hex>`.
@@ -146,6 +147,7 @@ struct SnapshotFile {
 
 /// Encodes a snapshot object; returns it with its id filled in, and the bytes.
 pub(crate) fn encode_snapshot(
+    codec: &Codec,
     draft: SnapshotDraft,
     tree: ContentRef,
     time: DateTime<Utc>,
@@ -170,12 +172,10 @@ pub(crate) fn encode_snapshot(
     let json = serde_json::to_vec(&file).map_err(|e| Error::Internal {
         detail: format!("cannot encode snapshot: {e}"),
     })?;
-    let mut bytes = format::header(ObjectKind::Snapshot).to_vec();
-    bytes.extend_from_slice(
-        &zstd::bulk::compress(&json, level).map_err(|e| Error::Internal {
-            detail: format!("zstd failed on a snapshot: {e}"),
-        })?,
-    );
+    let compressed = zstd::bulk::compress(&json, level).map_err(|e| Error::Internal {
+        detail: format!("zstd failed on a snapshot: {e}"),
+    })?;
+    let bytes = codec.encode(ObjectKind::Snapshot, &compressed);
     let id = SnapshotId::from_bytes(*blake3::hash(&bytes).as_bytes());
     Ok((from_file(id, file), bytes))
 }
@@ -183,19 +183,21 @@ pub(crate) fn encode_snapshot(
 /// Decodes and verifies a snapshot object.
 ///
 /// # Errors
-/// [`Error::CorruptObject`] if the bytes do not hash to `id` or do not parse.
-pub(crate) fn decode_snapshot(id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
+/// [`Error::CorruptObject`] if the bytes do not hash to `id`, fail authentication or do not
+/// parse.
+pub(crate) fn decode_snapshot(codec: &Codec, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
     let name = snapshot_path(id).to_string();
     let corrupt = |detail: String| Error::CorruptObject {
         kind: "snapshot",
         name: name.clone(),
         detail,
     };
-    let body = format::strip_header(ObjectKind::Snapshot, &name, bytes)?;
+    codec.check_header(ObjectKind::Snapshot, &name, bytes)?;
     if blake3::hash(bytes).as_bytes() != id.as_bytes() {
         return Err(corrupt("content does not hash to its name".to_owned()));
     }
-    let json = zstd::stream::decode_all(body).map_err(|e| corrupt(format!("zstd: {e}")))?;
+    let body = codec.decode(ObjectKind::Snapshot, &name, bytes)?;
+    let json = zstd::stream::decode_all(&*body).map_err(|e| corrupt(format!("zstd: {e}")))?;
     let file: SnapshotFile =
         serde_json::from_slice(&json).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
     Ok(from_file(*id, file))

@@ -5,12 +5,33 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use m365bk_store::{
-    BackupWriter, Catalog, CheckOptions, ContentRef, Error, Item, JobRun, Repository, Snapshot,
-    SnapshotDraft,
+    BackupWriter, Catalog, CheckOptions, ContentRef, Encryption, Error, InitOptions, Item, JobRun,
+    KdfParams, Repository, SecretString, Snapshot, SnapshotDraft,
 };
 use rand::{RngCore, SeedableRng};
 
 const MIB: usize = 1024 * 1024;
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Cheap Argon2id parameters, explicitly for tests (production: `KdfParams::RECOMMENDED`).
+const TEST_KDF: KdfParams = KdfParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
+fn pass() -> SecretString {
+    SecretString::from(PASSPHRASE)
+}
+
+/// An encrypted repository, as `m365bk init` makes by default (with cheap key derivation).
+fn opts() -> InitOptions {
+    InitOptions {
+        encryption: Encryption::Passphrase(pass()),
+        kdf: TEST_KDF,
+    }
+}
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -134,7 +155,7 @@ mod roundtrip {
             let rt = runtime();
             let dir = tempfile::tempdir().unwrap();
             rt.block_on(async {
-                let repo = Repository::init(&loc(dir.path())).await.unwrap();
+                let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
                 let backup = repo.begin_backup().await.unwrap();
                 let a = store(&backup, &data, &sizes_a).await;
                 let b = store(&backup, &data, &sizes_b).await;
@@ -146,7 +167,7 @@ mod roundtrip {
                 prop_assert!(stats.bytes_new <= data.len() as u64);
                 backup.commit_snapshot(draft("u1", vec![item("x", Some(a.clone()))])).await.unwrap();
                 backup.finish().await.unwrap();
-                let repo = Repository::open(&loc(dir.path())).await.unwrap();
+                let repo = Repository::open(&loc(dir.path()), Some(pass())).await.unwrap();
                 let back = read_all(&repo, &a).await.unwrap();
                 prop_assert!(back == data, "content differs: {} vs {} bytes", back.len(), data.len());
                 Ok(())
@@ -159,8 +180,8 @@ mod roundtrip {
         let data = random_bytes(3 * MIB, 11);
         let dir_a = tempfile::tempdir().unwrap();
         let dir_b = tempfile::tempdir().unwrap();
-        let repo_a = Repository::init(&loc(dir_a.path())).await.unwrap();
-        let repo_b = Repository::init(&loc(dir_b.path())).await.unwrap();
+        let repo_a = Repository::init(&loc(dir_a.path()), opts()).await.unwrap();
+        let repo_b = Repository::init(&loc(dir_b.path()), opts()).await.unwrap();
         assert_ne!(repo_a.id(), repo_b.id());
 
         let first = {
@@ -170,7 +191,7 @@ mod roundtrip {
             c
         };
         let second = {
-            let backup = Repository::open(&loc(dir_a.path()))
+            let backup = Repository::open(&loc(dir_a.path()), Some(pass()))
                 .await
                 .unwrap()
                 .begin_backup()
@@ -207,7 +228,7 @@ mod roundtrip {
     #[tokio::test]
     async fn empty_and_tiny_content() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let empty = backup.content_writer().finish().await.unwrap();
         assert_eq!(
@@ -231,7 +252,7 @@ mod dedup {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn same_five_mib_twice_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let data = random_bytes(5 * MIB, 5);
         let backup = repo.begin_backup().await.unwrap();
         let a = store(&backup, &data, &[64 * 1024]).await;
@@ -262,7 +283,7 @@ mod dedup {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn insertion_in_the_middle_reuses_most_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let original = random_bytes(16 * MIB, 77);
         let mut edited = original.clone();
         let insert = random_bytes(1000, 78);
@@ -295,7 +316,7 @@ mod dedup {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compressible_content_is_compressed() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let text = b"From: adele@contoso.com\r\nSubject: quarterly report\r\n\r\nPlease find the numbers below.\r\n"
             .repeat(40_000);
         let backup = repo.begin_backup().await.unwrap();
@@ -314,7 +335,7 @@ mod dedup {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_one_session() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = std::sync::Arc::new(repo.begin_backup().await.unwrap());
         let shared = random_bytes(3 * MIB, 1000);
         let mut tasks = Vec::new();
@@ -362,7 +383,9 @@ mod dedup {
             "{stats:?}"
         );
 
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let items = repo.load_items(&snapshot).await.unwrap();
         for ((data, _), item) in results.iter().zip(&items) {
             assert_eq!(
@@ -384,7 +407,7 @@ mod dedup {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commit_while_writers_run_covers_every_finished_content() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = std::sync::Arc::new(repo.begin_backup().await.unwrap());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
@@ -413,7 +436,9 @@ mod dedup {
                 let snapshot = backup.commit_snapshot(draft("u", items)).await.unwrap();
                 commits += 1;
                 // Durable and complete right now, for a reader that starts from scratch.
-                let reader = Repository::open(&loc(dir.path())).await.unwrap();
+                let reader = Repository::open(&loc(dir.path()), Some(pass()))
+                    .await
+                    .unwrap();
                 let items = reader.load_items(&snapshot).await.unwrap();
                 for ((_, data, _), item) in batch.iter().zip(&items) {
                     assert_eq!(
@@ -448,7 +473,7 @@ mod snapshots {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshots_commit_list_and_find_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let mut committed = Vec::new();
         for (i, user) in ["adele", "bob", "carol"].iter().enumerate() {
@@ -467,7 +492,9 @@ mod snapshots {
         }
         backup.finish().await.unwrap();
 
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let listed = repo.list_snapshots().await.unwrap();
         assert_eq!(listed, committed);
         assert!(listed.windows(2).all(|w| w[0].time <= w[1].time));
@@ -513,7 +540,7 @@ mod snapshots {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_item_list_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let items: Vec<Item> = (0..20_000)
             .map(|i| item(&format!("Inbox/{i:05}.eml"), None))
@@ -532,7 +559,7 @@ mod snapshots {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unchanged_content_is_reused_from_parent() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let data = random_bytes(MIB, 3);
         let first = {
             let backup = repo.begin_backup().await.unwrap();
@@ -544,7 +571,9 @@ mod snapshots {
             backup.finish().await.unwrap();
             s
         };
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let parent_items = repo.load_items(&first).await.unwrap();
         let reused = parent_items[0].content.clone().unwrap();
@@ -576,7 +605,7 @@ mod damage {
     async fn two_snapshots_two_packs() -> (tempfile::TempDir, Snapshot, Snapshot, PathBuf, PathBuf)
     {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let a = store(&backup, &random_bytes(MIB, 1), &[MIB]).await;
         let snap_a = backup
@@ -607,7 +636,9 @@ mod damage {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flipped_byte_in_a_pack_is_found_and_named() {
         let (dir, snap_a, snap_b, pack_a, _) = two_snapshots_two_packs().await;
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let content_a = content_of(&repo, &snap_a).await;
 
         // Inside A's content blob: it starts right after the 8-byte header.
@@ -622,7 +653,7 @@ mod damage {
             "{err}"
         );
         assert!(err.to_string().contains(&pack_name), "{err}");
-        assert!(err.to_string().contains("hash mismatch"), "{err}");
+        assert!(err.to_string().contains("fails authentication"), "{err}");
         assert!(
             err.to_string().contains("m365bk check --read-data"),
             "{err}"
@@ -675,7 +706,9 @@ mod damage {
         f.set_len(full / 2).unwrap();
         drop(f);
 
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let report = repo.check(CheckOptions::default()).await.unwrap();
         let pack_problems: Vec<_> = report
             .errors
@@ -739,7 +772,9 @@ mod damage {
         for f in &index_files {
             std::fs::remove_file(f).unwrap();
         }
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let report = repo.check(CheckOptions::default()).await.unwrap();
         assert_eq!(report.unindexed_packs.len(), 2);
         assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
@@ -778,7 +813,7 @@ mod damage {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn interrupted_backup_leaves_a_readable_repository() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let first = {
             let backup = repo.begin_backup().await.unwrap();
             let c = store(&backup, b"kept", &[4]).await;
@@ -800,7 +835,9 @@ mod damage {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let repo = Repository::open(&loc(dir.path())).await.unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
         let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
         assert!(report.is_ok(), "{:#?}", report.errors);
         assert_eq!(report.unindexed_packs.len(), 1, "the orphan pack");
@@ -821,7 +858,9 @@ mod locations {
     #[tokio::test]
     async fn not_a_repository_says_how_to_fix_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Repository::open(&loc(dir.path())).await.unwrap_err();
+        let err = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains(&loc(dir.path())), "{text}");
@@ -829,7 +868,9 @@ mod locations {
         assert!(text.contains("repository.url"), "{text}");
 
         let missing = dir.path().join("nope");
-        let err = Repository::open(&loc(&missing)).await.unwrap_err();
+        let err = Repository::open(&loc(&missing), Some(pass()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
         assert!(!missing.exists(), "open must not create anything");
     }
@@ -839,18 +880,25 @@ mod locations {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/repo");
         let url = format!("file://{}", path.display());
-        let repo = Repository::init(&url).await.unwrap();
+        let repo = Repository::init(&url, opts()).await.unwrap();
         assert_eq!(repo.id().len(), 64);
         assert!(path.join("config").is_file());
 
-        let err = Repository::init(&loc(&path)).await.unwrap_err();
+        let err = Repository::init(&loc(&path), opts()).await.unwrap_err();
         assert!(matches!(err, Error::RepositoryExists { .. }), "{err}");
         assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(path.join("keys")).unwrap().count(),
+            1,
+            "a failed init adds no key slot"
+        );
 
-        let reopened = Repository::open(&loc(&path)).await.unwrap();
+        let reopened = Repository::open(&loc(&path), Some(pass())).await.unwrap();
         assert_eq!(reopened.id(), repo.id());
 
-        let err = Repository::open("s3://bucket/prefix").await.unwrap_err();
+        let err = Repository::open("s3://bucket/prefix", Some(pass()))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::UnsupportedLocation { .. }), "{err}");
         assert!(err.to_string().contains("s3://"), "{err}");
     }
@@ -859,26 +907,31 @@ mod locations {
     async fn relative_paths_resolve_against_cwd() {
         let dir = tempfile::tempdir_in(".").unwrap();
         let rel = file_name(dir.path());
-        let repo = Repository::init(&rel).await.unwrap();
+        let repo = Repository::init(&rel, opts()).await.unwrap();
         assert!(dir.path().join("config").is_file());
-        assert_eq!(Repository::open(&rel).await.unwrap().id(), repo.id());
+        assert_eq!(
+            Repository::open(&rel, Some(pass())).await.unwrap().id(),
+            repo.id()
+        );
     }
 
     #[tokio::test]
     async fn newer_config_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        Repository::init(&loc(dir.path())).await.unwrap();
+        Repository::init(&loc(dir.path()), opts()).await.unwrap();
         let config = dir.path().join("config");
         let mut bytes = std::fs::read(&config).unwrap();
         bytes[4] = 9;
         std::fs::write(&config, bytes).unwrap();
-        let err = Repository::open(&loc(dir.path())).await.unwrap_err();
+        let err = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::UnsupportedVersion {
                     found: 9,
-                    supported: 1,
+                    supported: 2,
                     ..
                 }
             ),
@@ -888,11 +941,415 @@ mod locations {
     }
 }
 
+mod encryption {
+    use super::*;
+
+    /// Every file under `dir` with its bytes.
+    fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    async fn with_one_snapshot(dir: &Path, init: InitOptions) -> (Snapshot, Vec<u8>) {
+        let repo = Repository::init(&loc(dir), init).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        let mut data = b"Subject: quarterly report for adele\r\n\r\n".repeat(2000);
+        data.extend(random_bytes(300_000, 4));
+        let c = store(&backup, &data, &[70_000]).await;
+        let snapshot = backup
+            .commit_snapshot(draft("adele", vec![item("Inbox/quarterly.eml", Some(c))]))
+            .await
+            .unwrap();
+        backup.finish().await.unwrap();
+        (snapshot, data)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_or_missing_passphrase_is_named_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, data) = with_one_snapshot(dir.path(), opts()).await;
+        let before = tree(dir.path());
+
+        let err = Repository::open(
+            &loc(dir.path()),
+            Some(SecretString::from("Correct horse battery staple")),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("does not open any key slot"), "{text}");
+        assert!(text.contains(&loc(dir.path())), "{text}");
+        assert!(
+            text.contains("repository.passphrase_file") && text.contains("$M365BK_PASSPHRASE"),
+            "{text}"
+        );
+
+        let err = Repository::open(&loc(dir.path()), None).await.unwrap_err();
+        assert!(matches!(err, Error::PassphraseRequired { .. }), "{err}");
+        assert!(err.to_string().contains("is encrypted"), "{err}");
+
+        assert_eq!(tree(dir.path()), before, "failed opens wrote nothing");
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let items = repo.load_items(&snapshot).await.unwrap();
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            data
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_readable_without_the_key() {
+        for encrypted in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let init = if encrypted {
+                opts()
+            } else {
+                InitOptions::no_encryption()
+            };
+            let (snapshot, data) = with_one_snapshot(dir.path(), init).await;
+            let repo = Repository::open(&loc(dir.path()), Some(pass()))
+                .await
+                .unwrap();
+            assert_eq!(repo.is_encrypted(), encrypted);
+            let items = repo.load_items(&snapshot).await.unwrap();
+            let blob = items[0].content.as_ref().unwrap().blobs[0];
+            let needles: [&[u8]; 5] = [
+                b"quarterly",
+                b"adele",
+                b"gear_seed",
+                &data[data.len() - 64..],
+                blob.as_bytes(),
+            ];
+            let files = tree(dir.path());
+            let found: Vec<String> = needles
+                .iter()
+                .filter(|n| files.values().any(|f| f.windows(n.len()).any(|w| w == **n)))
+                .map(|n| String::from_utf8_lossy(&n[..n.len().min(12)]).into_owned())
+                .collect();
+            if encrypted {
+                assert!(
+                    found.is_empty(),
+                    "readable in an encrypted repository: {found:?}"
+                );
+                assert!(files.keys().any(|p| p.starts_with(dir.path().join("keys"))));
+            } else {
+                assert_eq!(
+                    found.len(),
+                    needles.len(),
+                    "the test would see plaintext: {found:?}"
+                );
+                assert!(!dir.path().join("keys").exists());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_add_list_remove_and_passwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, data) = with_one_snapshot(dir.path(), opts()).await;
+        let location = loc(dir.path());
+        let second = || SecretString::from("second passphrase, for the other admin");
+        let third = || SecretString::from("third passphrase after passwd");
+
+        let by_first = Repository::open(&location, Some(pass())).await.unwrap();
+        let first_id = by_first.current_key().unwrap();
+        let second_id = by_first.add_key(second(), TEST_KDF).await.unwrap();
+        let keys = by_first.list_keys().await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().any(|k| k.id == first_id && k.current));
+        assert!(keys
+            .iter()
+            .any(|k| k.id == second_id && !k.current && k.kdf == TEST_KDF));
+
+        // Both passphrases open it; the same repository either way.
+        let by_second = Repository::open(&location, Some(second())).await.unwrap();
+        assert_eq!(by_second.current_key(), Some(second_id));
+        assert_eq!(by_second.id(), by_first.id());
+
+        // The key in use, and bad ids, are refused.
+        let err = by_first
+            .remove_key(&first_id.to_string())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::KeyInUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains("another key slot's passphrase"),
+            "{err}"
+        );
+        let err = by_first.remove_key("ab").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidId { kind: "key", .. }), "{err}");
+        let err = by_first.remove_key(&"0".repeat(64)).await.unwrap_err();
+        assert!(matches!(err, Error::KeyNotFound { .. }), "{err}");
+
+        // Removed with the other passphrase (by short id): the first no longer opens it.
+        assert_eq!(
+            by_second.remove_key(&first_id.short()).await.unwrap(),
+            first_id
+        );
+        let err = Repository::open(&location, Some(pass())).await.unwrap_err();
+        assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
+
+        // The last slot stays.
+        let err = by_second
+            .remove_key(&second_id.to_string())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::LastKey { .. }), "{err}");
+
+        // passwd: a new slot replaces the current one.
+        let third_id = by_second
+            .change_passphrase(third(), TEST_KDF)
+            .await
+            .unwrap();
+        assert_eq!(by_second.current_key(), Some(third_id));
+        let keys = by_second.list_keys().await.unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.id).collect::<Vec<_>>(),
+            vec![third_id]
+        );
+        let err = Repository::open(&location, Some(second()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WrongPassphrase { .. }), "{err}");
+        let repo = Repository::open(&location, Some(third())).await.unwrap();
+        let items = repo.load_items(&snapshot).await.unwrap();
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            data
+        );
+        assert!(repo
+            .check(CheckOptions { read_data: true })
+            .await
+            .unwrap()
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plaintext_repository_only_when_asked_and_has_no_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, data) = with_one_snapshot(dir.path(), InitOptions::no_encryption()).await;
+        let repo = Repository::open(&loc(dir.path()), None).await.unwrap();
+        assert!(!repo.is_encrypted());
+        assert_eq!(repo.current_key(), None);
+        let items = repo.load_items(&snapshot).await.unwrap();
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            data
+        );
+        for err in [
+            repo.list_keys().await.unwrap_err(),
+            repo.add_key(pass(), TEST_KDF).await.unwrap_err(),
+            repo.remove_key("abcd").await.unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::NotEncrypted { .. }), "{err}");
+            assert!(err.to_string().contains("--no-encryption"), "{err}");
+        }
+        assert!(repo
+            .check(CheckOptions { read_data: true })
+            .await
+            .unwrap()
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn bad_key_derivation_parameters_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Repository::init(
+            &loc(dir.path()),
+            InitOptions {
+                encryption: Encryption::Passphrase(pass()),
+                kdf: KdfParams {
+                    memory_kib: 1,
+                    ..TEST_KDF
+                },
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidKdfParams { .. }), "{err}");
+        assert!(err.to_string().contains("at least 8 KiB per lane"), "{err}");
+        let err = Repository::init(
+            &loc(dir.path()),
+            InitOptions {
+                encryption: Encryption::Passphrase(SecretString::from("")),
+                kdf: TEST_KDF,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::EmptyPassphrase), "{err}");
+        assert!(!dir.path().join("config").exists());
+        assert!(!dir.path().join("keys").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plaintext_object_planted_in_an_encrypted_repository_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _) = with_one_snapshot(dir.path(), opts()).await;
+        // A plaintext snapshot named by its hash, as an attacker with write access could add.
+        let mut planted = b"MBKS\x02\x00\x00\x00".to_vec();
+        planted.extend(zstd::bulk::compress(b"{}", 3).unwrap());
+        let id = blake3::hash(&planted).to_hex().to_string();
+        std::fs::write(dir.path().join("snapshots").join(&id), &planted).unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let err = repo.find_snapshot(&id).await.unwrap_err();
+        assert!(err.to_string().contains("stored in plaintext"), "{err}");
+        let report = repo.check(CheckOptions::default()).await.unwrap();
+        assert_eq!(report.errors.len(), 1, "{:#?}", report.errors);
+        assert!(report.errors[0].object.ends_with(&id));
+        assert!(repo.find_snapshot(&snapshot.id.to_string()).await.is_ok());
+    }
+
+    /// A repository in the version-1 format (plaintext, as the first release wrote it), built
+    /// here byte by byte from `docs/repository-format.md`, opens and reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_1_repository_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let key = [0x42u8; 32];
+        let put = |rel: String, bytes: &[u8]| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        };
+        let v1_header = |magic: &[u8; 4]| {
+            let mut h = magic.to_vec();
+            h.extend_from_slice(&[1, 0, 0, 0]);
+            h
+        };
+        let mut config = v1_header(b"MBKC");
+        config.extend_from_slice(
+            serde_json::json!({
+                "version": 1,
+                "id": "ab".repeat(32),
+                "created": "2026-11-29T10:00:00Z",
+                "chunker": { "algorithm": "fastcdc-v2020", "min_size": 65536, "avg_size": 262144,
+                             "max_size": 2097152, "normalization": 1, "gear_seed": 7 },
+                "blob_id": { "algorithm": "blake3-keyed", "key": hex::encode(key) },
+                "compression": { "algorithm": "zstd", "level": 3 },
+                "pack_target_size": 16777216u64
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        put("config".into(), &config);
+
+        let content = b"Subject: from version 1\r\n\r\nstill here".to_vec();
+        let content_id = blake3::keyed_hash(&key, &content);
+        let item_line = serde_json::json!({
+            "kind": "message", "id": "AAMk1", "path": "Inbox/old.eml", "size": content.len(),
+            "metadata": {},
+            "content": { "size": content.len(), "blobs": [content_id.to_hex().to_string()] }
+        })
+        .to_string();
+        let tree_id = blake3::keyed_hash(&key, item_line.as_bytes());
+
+        // Pack: header, two raw blobs, trailer, footer.
+        let mut pack = v1_header(b"MBKP");
+        let mut entries = Vec::new();
+        for (id, data) in [(content_id, &content[..]), (tree_id, item_line.as_bytes())] {
+            entries.extend_from_slice(id.as_bytes());
+            entries.extend_from_slice(&(pack.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            entries.push(0);
+            pack.extend_from_slice(data);
+        }
+        let mut trailer = 2u32.to_le_bytes().to_vec();
+        trailer.extend_from_slice(&entries);
+        let checksum = blake3::hash(&trailer);
+        trailer.extend_from_slice(checksum.as_bytes());
+        pack.extend_from_slice(&trailer);
+        pack.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        pack.extend_from_slice(b"MBKF");
+        let pack_id = blake3::hash(&pack).to_hex().to_string();
+        put(format!("data/{}/{pack_id}", &pack_id[..2]), &pack);
+
+        let mut body = 1u32.to_le_bytes().to_vec();
+        body.extend_from_slice(blake3::hash(&pack).as_bytes());
+        body.extend_from_slice(&(pack.len() as u64).to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&entries);
+        let mut index = v1_header(b"MBKI");
+        index.extend(zstd::bulk::compress(&body, 3).unwrap());
+        put(format!("index/{}", blake3::hash(&index).to_hex()), &index);
+
+        let mut snap = v1_header(b"MBKS");
+        let json = serde_json::json!({
+            "time": "2026-11-29T10:00:00Z", "hostname": "old", "service": "exchange",
+            "resource_id": "adele", "resource_name": "adele@contoso.com", "job_id": "j",
+            "tags": [], "parent": null,
+            "tree": { "size": item_line.len(), "blobs": [tree_id.to_hex().to_string()] },
+            "item_count": 1, "total_size": content.len(), "state": {}, "skipped": []
+        });
+        snap.extend(zstd::bulk::compress(json.to_string().as_bytes(), 3).unwrap());
+        let snap_id = blake3::hash(&snap).to_hex().to_string();
+        put(format!("snapshots/{snap_id}"), &snap);
+
+        let repo = Repository::open(&loc(root), None).await.unwrap();
+        assert!(!repo.is_encrypted());
+        let snapshots = repo.list_snapshots().await.unwrap();
+        assert_eq!(snapshots.len(), 1);
+        assert_eq!(snapshots[0].id.to_string(), snap_id);
+        let items = repo.load_items(&snapshots[0]).await.unwrap();
+        assert_eq!(items[0].path, "Inbox/old.eml");
+        assert_eq!(
+            read_all(&repo, items[0].content.as_ref().unwrap())
+                .await
+                .unwrap(),
+            content
+        );
+        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        assert!(report.is_ok(), "{:#?}", report.errors);
+        assert_eq!(report.blobs_checked, 2);
+
+        // New backups into it keep its format: version-1 plaintext objects.
+        let backup = repo.begin_backup().await.unwrap();
+        let c = store(&backup, b"written by version 2", &[7]).await;
+        backup
+            .commit_snapshot(draft("bob", vec![item("a", Some(c))]))
+            .await
+            .unwrap();
+        backup.finish().await.unwrap();
+        for (path, bytes) in tree(root) {
+            assert_eq!(&bytes[4..6], &[1, 0], "{}", path.display());
+        }
+        let repo = Repository::open(&loc(root), None).await.unwrap();
+        assert!(repo
+            .check(CheckOptions { read_data: true })
+            .await
+            .unwrap()
+            .is_ok());
+    }
+}
+
 mod catalog {
     use super::*;
 
     async fn repo_with_snapshots(dir: &Path) -> (Repository, Vec<Snapshot>) {
-        let repo = Repository::init(&loc(dir)).await.unwrap();
+        let repo = Repository::init(&loc(dir), opts()).await.unwrap();
         let backup = repo.begin_backup().await.unwrap();
         let mut snaps = Vec::new();
         for (i, user) in ["adele", "bob", "carol"].iter().enumerate() {
@@ -1060,9 +1517,17 @@ async fn throughput_smoke() {
         })
         .take(total)
         .collect();
-    for (name, data) in [("random", &random), ("text", &text)] {
+    for ((name, data), encrypted) in [("random", &random), ("text", &text)]
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&loc(dir.path())).await.unwrap();
+        let init = if encrypted {
+            opts()
+        } else {
+            InitOptions::no_encryption()
+        };
+        let repo = Repository::init(&loc(dir.path()), init).await.unwrap();
         let t = std::time::Instant::now();
         let backup = repo.begin_backup().await.unwrap();
         let c = store(&backup, data, &[MIB]).await;
@@ -1079,8 +1544,9 @@ async fn throughput_smoke() {
         assert_eq!(back.len(), data.len());
         let mbps = |d: std::time::Duration| total as f64 / MIB as f64 / d.as_secs_f64();
         println!(
-            "{name}: {} MiB, {} chunks, stored {} MiB in {} packs; new write {:.0} MiB/s, \
+            "{name} ({}): {} MiB, {} chunks, stored {} MiB in {} packs; new write {:.0} MiB/s, \
              dedup rewrite {:.0} MiB/s, read {:.0} MiB/s",
+            if encrypted { "encrypted" } else { "plaintext" },
             total / MIB,
             c.blobs.len(),
             stats.bytes_stored / MIB as u64,
