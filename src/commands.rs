@@ -106,6 +106,7 @@ fn classify(err: &anyhow::Error) -> ExitCode {
                 m365bk_store::Error::RepositoryNotFound { .. } => {
                     return ExitCode::RepositoryMissing
                 }
+                m365bk_store::Error::UnsupportedLocation { .. } => return ExitCode::Config,
                 m365bk_store::Error::WrongPassphrase { .. }
                 | m365bk_store::Error::PassphraseRequired { .. } => {
                     return ExitCode::WrongPassphrase
@@ -383,6 +384,9 @@ async fn backup(
     };
     let mut spec = JobSpec::new(service, Operation::Backup, users);
     if let Some(items) = parse_items(&args.items)? {
+        if service != Service::Exchange {
+            anyhow::bail!("--items selects Exchange item types; {service} backups take no --items");
+        }
         spec.selection.item_types = items;
     }
     let started = chrono::Utc::now();
@@ -399,9 +403,23 @@ async fn backup(
     for user in &users {
         let parent = latest_parent(&existing, service.as_str(), &user.id);
         let parent_items = match &parent {
-            Some(p) => Some(repo.load_items(p).await?),
+            // A parent whose item list cannot be read (damaged or unindexed data) must not stop
+            // the job: back this resource up in full and say why.
+            Some(p) => match repo.load_items(p).await {
+                Ok(items) => Some(items),
+                Err(e) => {
+                    tracing::warn!(
+                        user = %user.user_principal_name,
+                        parent = %p.id,
+                        error = %e,
+                        "the previous snapshot cannot be read: backing this resource up in full"
+                    );
+                    None
+                }
+            },
             None => None,
         };
+        let parent = if parent_items.is_some() { parent } else { None };
         let draft = match service {
             Service::Exchange => {
                 let parent = parent
@@ -525,6 +543,9 @@ async fn snapshots(
     service: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(s) = service {
+        parse_service(s)?;
+    }
     let repo = open_repo(settings).await?;
     let catalog = open_catalog(settings)?;
     catalog.sync(&repo).await?;
@@ -594,6 +615,21 @@ async fn restore(
         .clone()
         .unwrap_or_else(|| format!("Restored-{}", chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ")));
     let items: Vec<Item> = repo.load_items(&snapshot).await?;
+    if !args.paths.is_empty() {
+        let under = |i: &Item, p: &str| {
+            let p = p.trim_end_matches('/');
+            i.path == p || i.path.starts_with(&format!("{p}/"))
+        };
+        for p in &args.paths {
+            if !items.iter().any(|i| under(i, p)) {
+                anyhow::bail!(
+                    "no item of snapshot {} is under --path {p:?}: run `m365bk ls {}` to see its paths",
+                    snapshot.id.short(),
+                    snapshot.id.short()
+                );
+            }
+        }
+    }
     let mut spec = JobSpec::new(
         service,
         Operation::Recovery,

@@ -48,8 +48,56 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         .to_string();
     let packs_before = packs(&env.repo);
 
+    // Regressions found by trying it as a new user.
+    // A --path that matches nothing is an error naming the fix, not a silent success.
+    let run = env
+        .run(&["restore", &first_id, "--path", "No/Such/Folder"])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is under --path \"No/Such/Folder\"")
+            && run.stderr.contains("m365bk ls"),
+        "{}",
+        run.stderr
+    );
+    // --items belongs to Exchange; a OneDrive backup must not silently ignore it.
+    let run = env
+        .run(&[
+            "backup",
+            "--service",
+            "onedrive",
+            "--all-users",
+            "--items",
+            "mail",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("take no --items"), "{}", run.stderr);
+    // An unknown service filter is named, not an empty table.
+    let run = env.run(&["snapshots", "--service", "bogus"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unknown service \"bogus\""),
+        "{}",
+        run.stderr
+    );
+
     // A malformed config: named setting, the fix, exit 78, nothing touched.
     let good = std::fs::read_to_string(&env.config).unwrap();
+    // A location scheme this build cannot use is a configuration error.
+    let repo_line = good
+        .lines()
+        .find(|l| l.starts_with("url = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &env.config,
+        good.replace(&repo_line, "url = \"s3://bucket/m365bk\""),
+    )
+    .unwrap();
+    let run = env.run(&["snapshots"]).await;
+    assert_eq!(run.code, 78, "{}", run.stderr);
+    assert!(run.stderr.contains("s3"), "{}", run.stderr);
     std::fs::write(
         &env.config,
         good.replace("[repository]", "[repository]\ncompression = \"max\""),

@@ -132,6 +132,22 @@ async fn full_backup_cross_user_restore_incremental_and_dedup_on_real_corpus() {
             }
         }
     }
+    // A snapshot's size is its items' own bytes (a folder's Graph size is its subtree's).
+    for s in od["snapshots"].as_array().unwrap() {
+        let user = s["resource"].as_str().unwrap();
+        let files: u64 = exports[user]["drive"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x.get("folder").and_then(Value::as_bool) != Some(true))
+            .map(|x| x["size"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            s["bytes"].as_u64().unwrap(),
+            files,
+            "OneDrive snapshot size of {user}"
+        );
+    }
     let distinct_bytes: u64 = distinct.values().sum();
     let shared_bytes: u64 = owners
         .iter()

@@ -120,7 +120,7 @@ pub async fn restore_mailbox(
         ))
         .await
         .map_err(Error::graph(format!(
-            "resolving target user {}",
+            "resolving target user {} (give --to-user as a user principal name or object id that exists in the tenant)",
             opts.target_user
         )))?;
     let tid = encode_segment(&target.id);

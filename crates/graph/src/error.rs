@@ -257,10 +257,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 fn token_fix(aadsts: Option<u32>, error: &str) -> &'static str {
     match aadsts {
         Some(7000215) => {
-            "check that client_secret_file holds the secret VALUE (shown once when the secret \
-             was created), not the secret ID"
+            "check that the client secret (tenant.client_secret_file, else $M365BK_CLIENT_SECRET, else \
+             the client-secret credential) holds the secret VALUE (shown once when the secret was \
+             created), not the secret ID"
         }
-        Some(7000222) => "the client secret has expired: create a new one in Entra ID and update client_secret_file",
+        Some(7000222) => "the client secret has expired: create a new one in Entra ID and update tenant.client_secret_file (or $M365BK_CLIENT_SECRET, or the client-secret credential)",
         Some(700016) => {
             "check client_id / tenant_id: no application with this client_id exists in this \
              tenant (wrong tenant, or the app was never consented there)"
@@ -399,10 +400,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(text.contains("AADSTS7000215"), "{text}");
-        assert!(
-            text.contains("client_secret_file holds the secret VALUE"),
-            "{text}"
-        );
+        assert!(text.contains("holds the secret VALUE"), "{text}");
         assert!(!text.contains("Trace ID"), "{text}");
     }
 

@@ -306,10 +306,16 @@ fn node_item(id: &str, node: &Node, path: &str, content: Option<ContentRef>) -> 
         parent_id: node.parent.clone(),
         path: path.to_string(),
         change_key: node.c_tag.clone(),
-        size: content
-            .as_ref()
-            .map(|c| c.size)
-            .unwrap_or_else(|| node.json.get("size").and_then(Value::as_u64).unwrap_or(0)),
+        // A folder's Graph `size` is the size of its whole subtree: counting it would add every
+        // file twice to the snapshot's total. Items count their own bytes only.
+        size: if node.is_folder {
+            0
+        } else {
+            content
+                .as_ref()
+                .map(|c| c.size)
+                .unwrap_or_else(|| node.json.get("size").and_then(Value::as_u64).unwrap_or(0))
+        },
         modified: str_field(&node.json, "lastModifiedDateTime")
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&chrono::Utc)),

@@ -270,8 +270,8 @@ impl Repository {
                 } else {
                     format!(
                         "{} pack(s) in data/ are in no index file either, so an index file is probably lost; \
-                         the data may still be in those packs: keep them (do not prune) until the index is rebuilt, \
-                         and restore these items from another snapshot meanwhile",
+                         the data may still be in those packs: keep them (m365bk does not delete packs) and restore \
+                         these items from another snapshot; rebuilding an index from packs is not implemented yet",
                         report.unindexed_packs.len()
                     )
                 };
@@ -303,8 +303,9 @@ impl Repository {
                 "no snapshot refers to its damaged blobs; prune will remove it".to_owned()
             } else {
                 format!(
-                    "restore the items of the {} affected snapshot(s) from an earlier snapshot, \
-                     and run the next backup without a parent to store them again",
+                    "restore the items of the {} affected snapshot(s) from an earlier snapshot; a new backup \
+                     deduplicates against the damaged blobs and does not store them again, so back up into a \
+                     new repository (`m365bk init` with another repository.url) until the repository can be repaired",
                     trouble.affected.len()
                 )
             };
