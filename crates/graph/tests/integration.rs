@@ -362,7 +362,7 @@ mod token {
         }
         let text = err.to_string();
         assert!(
-            text.contains("check that client_secret_file holds the secret VALUE"),
+            text.contains("holds the secret VALUE") && text.contains("tenant.client_secret_file"),
             "{text}"
         );
         assert!(!err.is_transient());

@@ -789,11 +789,7 @@ mod damage {
                 "{}",
                 problem.problem
             );
-            assert!(
-                problem.problem.contains("do not prune"),
-                "{}",
-                problem.problem
-            );
+            assert!(problem.problem.contains("keep them"), "{}", problem.problem);
         }
         let mut affected: Vec<_> = report
             .errors
