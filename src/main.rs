@@ -25,6 +25,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    // Repository objects, the catalog (item paths, mail subjects) and restore scratch files are
+    // for the backup operator only, whatever umask the shell had (the systemd unit sets the
+    // same with UMask=0077).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let opts = Opts::parse();
     init_logging(opts.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -92,6 +92,17 @@ async fn full_backup_cross_user_restore_incremental_and_dedup_on_real_corpus() {
     let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
     let env = Env::new(&sim.base);
     env.run(&["init"]).await.ok();
+    // Only the operator can read the repository and the catalog, whatever the caller's umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [
+            env.repo.join("config"),
+            env.dir.path().join("catalog.sqlite"),
+        ] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+        }
+    }
 
     // 1. Full backup of every user's mailbox and OneDrive.
     let ex = env
