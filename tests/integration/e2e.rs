@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::harness::{content_set, corpus, corpus_users, matrix_permissions, Env, Sim};
+use super::harness::{content_set, corpus, corpus_users, matrix_permissions, pct_decode, Env, Sim};
 
 fn all_roles() -> Vec<String> {
     let mut roles = Vec::new();
@@ -462,23 +462,4 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
-}
-
-/// Decodes `%XX` escapes of a URL path segment.
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::harness::{content_set, corpus, matrix_permissions, Env, Run, Sim};
+use super::harness::{content_set, corpus, matrix_permissions, pct_decode, Env, Run, Sim};
 
 const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
 const ZOE: &str = "zoe.angstrom@contoso.onmicrosoft.com";
@@ -100,25 +100,6 @@ impl Case {
             "restored {area} equals the simulator's content, sha256 by sha256"
         );
     }
-}
-
-/// Decodes `%XX` escapes of a logged path.
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn snapshot_of(summary: &Value) -> String {
