@@ -818,6 +818,7 @@ async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::
             "{}",
             json!({
                 "packs_checked": report.packs_checked,
+                "unindexed_packs": report.unindexed_packs.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "blobs_checked": report.blobs_checked,
                 "snapshots_checked": report.snapshots_checked,
                 "errors": report.errors.iter().map(|p| json!({
@@ -838,6 +839,12 @@ async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::
                 ""
             }
         );
+        if !report.unindexed_packs.is_empty() {
+            println!(
+                "note: {} pack(s) in data/ are listed in no index file: left by an interrupted backup (harmless; no snapshot refers to them), or a sign of a lost index file if check also reports blobs missing from the index",
+                report.unindexed_packs.len()
+            );
+        }
         for p in &report.errors {
             let affected: Vec<String> = p
                 .affected_snapshots
