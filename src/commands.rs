@@ -616,12 +616,8 @@ async fn restore(
         .unwrap_or_else(|| format!("Restored-{}", chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ")));
     let items: Vec<Item> = repo.load_items(&snapshot).await?;
     if !args.paths.is_empty() {
-        let under = |i: &Item, p: &str| {
-            let p = p.trim_end_matches('/');
-            i.path == p || i.path.starts_with(&format!("{p}/"))
-        };
         for p in &args.paths {
-            if !items.iter().any(|i| under(i, p)) {
+            if !items.iter().any(|i| i.is_under(p)) {
                 anyhow::bail!(
                     "no item of snapshot {} is under --path {p:?}: run `m365bk ls {}` to see its paths",
                     snapshot.id.short(),

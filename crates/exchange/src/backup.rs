@@ -40,27 +40,6 @@ pub struct ParentSnapshot {
     pub items: Vec<Item>,
 }
 
-/// Sync state of a Graph delta query that could not be resumed: Microsoft's documented codes
-/// for an expired or invalid token (https://learn.microsoft.com/graph/delta-query-overview).
-///
-/// A stored deltaLink under another origin (the Graph URL in the config changed) cannot be
-/// followed either, and is treated the same way.
-fn is_sync_state_lost(err: &m365bk_graph::Error) -> bool {
-    matches!(err, m365bk_graph::Error::ForeignUrl { .. })
-        || err.is_resync_required()
-        || err.status() == Some(410)
-        || matches!(
-            err.graph_code(),
-            Some(
-                "SyncStateNotFound"
-                    | "SyncStateInvalid"
-                    | "ErrorInvalidSyncStateData"
-                    | "resyncRequired"
-                    | "syncStateNotFound"
-            )
-        )
-}
-
 /// Full enumerations started again after a lost sync state within one delta round (the
 /// token of a round in progress can expire too); beyond this the collection fails.
 const MAX_DELTA_RESTARTS: u32 = 3;
@@ -100,7 +79,7 @@ async fn walk_delta(
         let page = match walker.next_page().await {
             Ok(Some(page)) => page,
             Ok(None) => break,
-            Err(err) if restarts < MAX_DELTA_RESTARTS && is_sync_state_lost(&err) => {
+            Err(err) if restarts < MAX_DELTA_RESTARTS && err.is_sync_state_lost() => {
                 tracing::warn!(
                     path = %initial_path,
                     error = %err,

@@ -227,10 +227,20 @@ impl Error {
             Error::Api { status: 410, .. } => true,
             Error::Api { code, .. } => {
                 let c = code.to_ascii_lowercase();
-                c == "syncstatenotfound" || c == "syncstateinvalid" || c == "resyncrequired"
+                c == "syncstatenotfound"
+                    || c == "syncstateinvalid"
+                    || c == "resyncrequired"
+                    || c == "errorinvalidsyncstatedata"
             }
             _ => false,
         }
+    }
+
+    /// True when a stored delta or next link cannot be followed and the collection must be
+    /// enumerated again: [`Error::is_resync_required`], or a link under another origin than the
+    /// configured Graph base (the Graph URL in the config changed since it was stored).
+    pub fn is_sync_state_lost(&self) -> bool {
+        matches!(self, Error::ForeignUrl { .. }) || self.is_resync_required()
     }
 }
 

@@ -41,19 +41,6 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// An expired or invalid delta token (https://learn.microsoft.com/graph/api/driveitem-delta:
-/// 410 Gone / `resyncRequired`), or a stored deltaLink under another origin (the Graph URL in
-/// the config changed).
-fn is_sync_state_lost(err: &m365bk_graph::Error) -> bool {
-    matches!(err, m365bk_graph::Error::ForeignUrl { .. })
-        || err.is_resync_required()
-        || err.status() == Some(410)
-        || matches!(
-            err.graph_code(),
-            Some("resyncRequired" | "syncStateNotFound" | "SyncStateNotFound")
-        )
-}
-
 /// Full enumerations started again after a lost sync state within one backup (the token of
 /// an enumeration in progress can expire too); beyond this the drive fails.
 const MAX_DELTA_RESTARTS: u32 = 3;
@@ -158,7 +145,7 @@ pub async fn backup_drive(
         let page = match walker.next_page().await {
             Ok(Some(p)) => p,
             Ok(None) => break,
-            Err(err) if restarts < MAX_DELTA_RESTARTS && is_sync_state_lost(&err) => {
+            Err(err) if restarts < MAX_DELTA_RESTARTS && err.is_sync_state_lost() => {
                 tracing::warn!(drive = %drive_id, error = %err, "drive delta state lost: enumerating again (unchanged files are not downloaded again)");
                 restarts += 1;
                 nodes.clear();

@@ -49,13 +49,7 @@ pub struct RestoreReport {
 }
 
 fn selected(item: &Item, prefixes: &[String]) -> bool {
-    prefixes.is_empty()
-        || prefixes.iter().any(|p| {
-            item.path == *p
-                || item
-                    .path
-                    .starts_with(&format!("{}/", p.trim_end_matches('/')))
-        })
+    prefixes.is_empty() || prefixes.iter().any(|p| item.is_under(p))
 }
 
 async fn create_folder(

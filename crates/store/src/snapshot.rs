@@ -60,6 +60,19 @@ pub struct Item {
     pub content: Option<ContentRef>,
 }
 
+impl Item {
+    /// True when this item is `prefix` itself or lies below it in the display-path tree
+    /// (`Inbox/Projects` covers `Inbox/Projects/Report`, not `Inbox/ProjectsOld`). A trailing
+    /// `/` on `prefix` is ignored.
+    pub fn is_under(&self, prefix: &str) -> bool {
+        let prefix = prefix.trim_end_matches('/');
+        self.path == prefix
+            || (self.path.len() > prefix.len()
+                && self.path.starts_with(prefix)
+                && self.path.as_bytes()[prefix.len()] == b'/')
+    }
+}
+
 /// An item the backup could not read, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedItem {
@@ -230,4 +243,34 @@ pub(crate) fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod item_path_tests {
+    use super::Item;
+
+    fn item(path: &str) -> Item {
+        Item {
+            kind: "file".into(),
+            id: "1".into(),
+            parent_id: None,
+            path: path.into(),
+            change_key: None,
+            size: 0,
+            modified: None,
+            metadata: serde_json::Value::Null,
+            content: None,
+        }
+    }
+
+    #[test]
+    fn is_under_follows_path_segments() {
+        let i = item("Inbox/Projects/Report");
+        assert!(i.is_under("Inbox"));
+        assert!(i.is_under("Inbox/Projects/"));
+        assert!(i.is_under("Inbox/Projects/Report"));
+        assert!(!i.is_under("Inbox/Proj"));
+        assert!(!i.is_under("Inbox/Projects/Report/x"));
+        assert!(!item("Inbox/ProjectsOld/x").is_under("Inbox/Projects"));
+    }
 }
