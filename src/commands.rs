@@ -3,29 +3,47 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use m365bk_gate::{
     authorize, AuthorizedJob, GateContext, ItemType, JobSpec, Operation, PermissionMatrix, Service,
     UserSelection,
 };
-use m365bk_graph::{
-    ClientSecretCredential, Endpoints, GraphClient, HttpClient, HttpOptions, SdkDirectory,
-    TokenProvider,
-};
+use m365bk_graph::{Endpoints, GraphClient, HttpClient, HttpOptions, SdkDirectory, TokenProvider};
 use m365bk_store::{
     Catalog, CheckOptions, Encryption, InitOptions, Item, JobRun, KdfParams, Repository, Snapshot,
 };
+use m365bk_store::{ForgetOptions, LockKind, LockOptions, PruneOptions};
 use serde_json::json;
 
 use crate::cli::{
     BackupArgs, Command, InitArgs, KdfArgs, KeyCommand, NewPassphraseArgs, Opts,
     PermissionsCommand, RepairCommand, RestoreArgs,
 };
+use crate::cli::{ForgetArgs, PruneArgs};
 use crate::config::{self, ConfigError, Settings};
 use crate::exit::ExitCode;
 
+/// How long to wait for, and how long to hold, repository locks (from `--lock-wait` and
+/// `--lock-ttl`); set once per process by [`run`].
+static LOCK_OPTIONS: std::sync::OnceLock<LockOptions> = std::sync::OnceLock::new();
+
+fn lock_options() -> LockOptions {
+    LOCK_OPTIONS.get().copied().unwrap_or_default()
+}
+
 /// Runs one command; never panics on bad input: every failure becomes a logged error and an
-/// exit code.
+/// exit code. Repository locks the command dropped are deleted before it returns.
 pub async fn run(opts: Opts) -> ExitCode {
+    let code = run_command(&opts).await;
+    m365bk_store::finish_lock_releases().await;
+    code
+}
+
+async fn run_command(opts: &Opts) -> ExitCode {
+    let _ = LOCK_OPTIONS.set(LockOptions {
+        wait: std::time::Duration::from_secs(opts.lock_wait),
+        ttl: std::time::Duration::from_secs(opts.lock_ttl),
+    });
     if let Command::Permissions {
         command: PermissionsCommand::List,
     } = &opts.command
@@ -63,6 +81,8 @@ pub async fn run(opts: Opts) -> ExitCode {
             command: RepairCommand::Catalog,
         } => repair_catalog(&settings).await,
         Command::Key { command } => key(&settings, command, opts.json).await,
+        Command::Forget(args) => forget(&settings, args, opts.json).await,
+        Command::Prune(args) => prune(&settings, args, opts.json).await,
     };
     match result {
         Ok(code) => code,
@@ -113,7 +133,14 @@ fn classify(err: &anyhow::Error) -> ExitCode {
                 m365bk_store::Error::RepositoryNotFound { .. } => {
                     return ExitCode::RepositoryMissing
                 }
-                m365bk_store::Error::UnsupportedLocation { .. } => return ExitCode::Config,
+                m365bk_store::Error::RepositoryLocked { .. } => return ExitCode::Locked,
+                m365bk_store::Error::UnsupportedLocation { .. }
+                | m365bk_store::Error::BackendConfig { .. }
+                | m365bk_store::Error::ContainerNotFound { .. } => return ExitCode::Config,
+                m365bk_store::Error::AccessDenied { .. } => return ExitCode::NoPermission,
+                m365bk_store::Error::Backend { .. } if e.is_transient() => {
+                    return ExitCode::TempFail
+                }
                 m365bk_store::Error::WrongPassphrase { .. }
                 | m365bk_store::Error::PassphraseRequired { .. } => {
                     return ExitCode::WrongPassphrase
@@ -151,7 +178,12 @@ fn graph_exit(e: &m365bk_graph::Error) -> ExitCode {
 
 async fn open_repo(settings: &Settings) -> anyhow::Result<Repository> {
     let passphrase = settings.passphrase()?;
-    Ok(Repository::open(&settings.repository, passphrase).await?)
+    let repo =
+        Repository::open_with_backend(&settings.repository, &settings.backend, passphrase).await?;
+    // The local index cache (derived from the repository, rebuilt when missing or stale) lives
+    // next to the catalog: `<catalog dir>/index-cache/<repository id>.index`.
+    repo.set_index_cache_dir(settings.catalog.parent().map(|d| d.join("index-cache")));
+    Ok(repo)
 }
 
 fn kdf_params(args: &KdfArgs) -> KdfParams {
@@ -186,7 +218,7 @@ async fn init(settings: &Settings, args: &InitArgs) -> anyhow::Result<ExitCode> 
         encryption,
         kdf: kdf_params(&args.kdf),
     };
-    let repo = Repository::init(&settings.repository, opts).await?;
+    let repo = Repository::init_with_backend(&settings.repository, &settings.backend, opts).await?;
     let catalog = open_catalog(settings)?;
     catalog.sync(&repo).await?;
     match repo.current_key() {
@@ -285,16 +317,14 @@ async fn key(
 
 /// Everything needed to talk to Microsoft for one job.
 fn gate_context(settings: &Settings) -> anyhow::Result<GateContext> {
-    let secret = settings.client_secret()?;
-    let http = HttpClient::new(HttpOptions::default())?;
+    let credential = settings.client_credential()?;
+    let http = HttpClient::new(HttpOptions {
+        throttle: settings.throttle.clone(),
+        ..HttpOptions::default()
+    })?;
     let endpoints = Endpoints {
         authority: settings.authority.clone(),
         graph_base: settings.graph_base.clone(),
-    };
-    let credential = ClientSecretCredential {
-        tenant_id: settings.tenant_id.clone(),
-        client_id: settings.client_id.clone(),
-        secret: secret.into(),
     };
     let tokens = Arc::new(TokenProvider::new(http.clone(), endpoints, credential));
     // graph-rs-sdk's typed requests for single directory reads; our own client for the rest
@@ -402,63 +432,37 @@ async fn backup(
         .resolve_users()
         .await
         .context("resolving the job's users")?;
+    // The shared backup lock before anything is read: a prune that ran before it cannot
+    // have deleted what this session deduplicates against.
+    let writer = repo.begin_backup_with(&lock_options()).await?;
     let existing = repo.list_snapshots().await?;
-    let writer = repo.begin_backup().await?;
     let mut snapshots = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut skipped = 0usize;
-    for user in &users {
-        let parent = latest_parent(&existing, service.as_str(), &user.id);
-        let parent_items = match &parent {
-            // A parent whose item list cannot be read (damaged or unindexed data) must not stop
-            // the job: back this resource up in full and say why.
-            Some(p) => match repo.load_items(p).await {
-                Ok(items) => Some(items),
-                Err(e) => {
-                    tracing::warn!(
-                        user = %user.user_principal_name,
-                        parent = %p.id,
-                        error = %e,
-                        "the previous snapshot cannot be read: backing this resource up in full"
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let parent = if parent_items.is_some() { parent } else { None };
-        let draft = match service {
-            Service::Exchange => {
-                let parent = parent
-                    .zip(parent_items)
-                    .map(|(snapshot, items)| m365bk_exchange::ParentSnapshot { snapshot, items });
-                let opts = m365bk_exchange::BackupOptions {
-                    page_size: settings.page_size,
-                    concurrency: settings.concurrency,
-                };
-                m365bk_exchange::backup_mailbox(&job, &writer, user, parent.as_ref(), &opts)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-            Service::OneDrive => {
-                let parent = parent
-                    .zip(parent_items)
-                    .map(|(snapshot, items)| m365bk_onedrive::ParentSnapshot { snapshot, items });
-                let opts = m365bk_onedrive::BackupOptions {
-                    page_size: settings.page_size.max(200),
-                    concurrency: settings.concurrency,
-                };
-                m365bk_onedrive::backup_drive(&job, &writer, user, parent.as_ref(), &opts)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-            _ => unreachable!("checked above"),
-        };
-        match draft {
-            Ok(draft) => {
-                skipped += draft.skipped.len();
-                let snapshot = writer.commit_snapshot(draft).await?;
-                let items = repo.load_items(&snapshot).await?;
+    // Several resources at once: Microsoft's limits are per mailbox (Outlook) or per app
+    // (SharePoint), and the Graph client's admission control keeps each of them, so one
+    // mailbox's budget or 429 does not hold up the others. Catalog writes stay in this loop.
+    let (job_ref, writer_ref, repo_ref, existing_ref) = (&job, &writer, &repo, &existing);
+    let mut running = futures::stream::iter(users.iter())
+        .map(|user| async move {
+            let result = backup_resource(
+                settings,
+                service,
+                job_ref,
+                writer_ref,
+                repo_ref,
+                existing_ref,
+                user,
+                &args.tags,
+            )
+            .await;
+            (user, result)
+        })
+        .buffer_unordered(settings.parallel_resources.max(1));
+    while let Some((user, result)) = running.next().await {
+        match result {
+            Ok((snapshot, items)) => {
+                skipped += snapshot.skipped.len();
                 if let Err(e) = catalog.record_snapshot(repo.id(), &snapshot, &items) {
                     tracing::warn!(error = %e, "snapshot saved, but the catalog could not be updated: run `m365bk repair catalog`");
                 }
@@ -478,6 +482,7 @@ async fn backup(
             }
         }
     }
+    drop(running);
     let stats = writer.finish().await?;
     let outcome = if !failures.is_empty() || skipped > 0 {
         "partial"
@@ -539,6 +544,67 @@ async fn backup(
     } else {
         ExitCode::Incomplete
     })
+}
+
+/// Backs up one resource (mailbox or drive) of a job and commits its snapshot; returns the
+/// snapshot and its items for the catalog. `tags` go on the snapshot.
+#[allow(clippy::too_many_arguments)] // the job's context, passed by reference from one loop
+async fn backup_resource(
+    settings: &Settings,
+    service: Service,
+    job: &AuthorizedJob,
+    writer: &m365bk_store::BackupWriter,
+    repo: &Repository,
+    existing: &[Snapshot],
+    user: &m365bk_gate::DirectoryUser,
+    tags: &[String],
+) -> anyhow::Result<(Snapshot, Vec<Item>)> {
+    let parent = latest_parent(existing, service.as_str(), &user.id);
+    let parent_items = match &parent {
+        // A parent whose item list cannot be read (damaged or unindexed data) must not stop
+        // the job: back this resource up in full and say why.
+        Some(p) => match repo.load_items(p).await {
+            Ok(items) => Some(items),
+            Err(e) => {
+                tracing::warn!(
+                    user = %user.user_principal_name,
+                    parent = %p.id,
+                    error = %e,
+                    "the previous snapshot cannot be read: backing this resource up in full"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let parent = if parent_items.is_some() { parent } else { None };
+    let mut draft = match service {
+        Service::Exchange => {
+            let parent = parent
+                .zip(parent_items)
+                .map(|(snapshot, items)| m365bk_exchange::ParentSnapshot { snapshot, items });
+            let opts = m365bk_exchange::BackupOptions {
+                page_size: settings.page_size,
+                concurrency: settings.concurrency,
+            };
+            m365bk_exchange::backup_mailbox(job, writer, user, parent.as_ref(), &opts).await?
+        }
+        Service::OneDrive => {
+            let parent = parent
+                .zip(parent_items)
+                .map(|(snapshot, items)| m365bk_onedrive::ParentSnapshot { snapshot, items });
+            let opts = m365bk_onedrive::BackupOptions {
+                page_size: settings.page_size.max(200),
+                concurrency: settings.concurrency,
+            };
+            m365bk_onedrive::backup_drive(job, writer, user, parent.as_ref(), &opts).await?
+        }
+        _ => anyhow::bail!("backup of {service} is not implemented yet"),
+    };
+    draft.tags.extend(tags.iter().cloned());
+    let snapshot = writer.commit_snapshot(draft).await?;
+    let items = repo.load_items(&snapshot).await?;
+    Ok((snapshot, items))
 }
 
 fn short(id: &str) -> &str {
@@ -611,6 +677,8 @@ async fn restore(
 ) -> anyhow::Result<ExitCode> {
     let repo = open_repo(settings).await?;
     let catalog = open_catalog(settings)?;
+    // Shared: no prune deletes or moves the snapshot's data while it is read.
+    let _lock = repo.lock(LockKind::Restore, &lock_options()).await?;
     let snapshot = repo.find_snapshot(&args.snapshot).await?;
     let service = parse_service(&snapshot.service)?;
     let target = args
@@ -815,6 +883,8 @@ fn print_matrix(json_out: bool) {
 
 async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::Result<ExitCode> {
     let repo = open_repo(settings).await?;
+    // Shared: a prune running meanwhile would show up as missing packs.
+    let _lock = repo.lock(LockKind::Check, &lock_options()).await?;
     let report = repo.check(CheckOptions { read_data }).await?;
     if json_out {
         println!(
@@ -881,6 +951,129 @@ async fn repair_catalog(settings: &Settings) -> anyhow::Result<ExitCode> {
     println!(
         "catalog {} rebuilt from the repository: {stats:?}",
         settings.catalog.display()
+    );
+    Ok(ExitCode::Success)
+}
+
+async fn forget(
+    settings: &Settings,
+    args: &ForgetArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(s) = &args.service {
+        parse_service(s)?;
+    }
+    let opts = ForgetOptions {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_tags: args.keep_tags.clone(),
+        tags: args.tags.clone(),
+    };
+    let repo = open_repo(settings).await?;
+    let report = match &args.service {
+        None => repo.forget(&opts, args.dry_run, &lock_options()).await?,
+        Some(service) => {
+            repo.forget_where(&opts, args.dry_run, &lock_options(), |s| {
+                &s.service == service
+            })
+            .await?
+        }
+    };
+    if !args.dry_run {
+        let catalog = open_catalog(settings)?;
+        if let Err(e) = catalog.sync(&repo).await {
+            tracing::warn!(error = %e, "snapshots forgotten, but the catalog could not be updated: run `m365bk repair catalog`");
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::Success);
+    }
+    for g in &report.plan.groups {
+        println!(
+            "{} {} ({}): keep {}, {} {}",
+            g.service,
+            g.resource_name,
+            g.resource_id,
+            g.keep.len(),
+            if args.dry_run {
+                "would remove"
+            } else {
+                "remove"
+            },
+            g.remove.len()
+        );
+        for k in &g.keep {
+            println!(
+                "  keep    {}  {}  {}",
+                k.id.short(),
+                k.time.format("%Y-%m-%d %H:%M:%S"),
+                k.reasons.join(",")
+            );
+        }
+        for r in &g.remove {
+            println!(
+                "  remove  {}  {}",
+                r.id.short(),
+                r.time.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+    }
+    let total = report.plan.to_remove().len();
+    if args.dry_run {
+        println!("dry run: {total} snapshot(s) would be forgotten; nothing was deleted");
+    } else {
+        println!(
+            "{} snapshot(s) forgotten; run `m365bk prune` to free their data",
+            report.removed
+        );
+    }
+    Ok(ExitCode::Success)
+}
+
+async fn prune(settings: &Settings, args: &PruneArgs, json_out: bool) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let opts = PruneOptions {
+        max_unused_percent: args.max_unused,
+        dry_run: args.dry_run,
+    };
+    let report = repo.prune(&opts, &lock_options()).await?;
+    if json_out {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::Success);
+    }
+    let verb = if report.dry_run {
+        "would free"
+    } else {
+        "freed"
+    };
+    println!(
+        "{} snapshot(s) use {} blob(s); {} blob(s) unused. Packs: {} kept, {} deleted, {} repacked into {}, {} unindexed deleted; index files: {} written, {} deleted",
+        report.snapshots,
+        report.blobs_used,
+        report.blobs_unused,
+        report.packs_kept,
+        report.packs_deleted,
+        report.packs_repacked,
+        report.packs_written,
+        report.unindexed_packs_deleted,
+        report.index_files_written,
+        report.index_files_deleted
+    );
+    println!(
+        "{verb} {} bytes: {} → {} bytes of packs and index files{}",
+        report.bytes_freed,
+        report.bytes_before,
+        report.bytes_after,
+        if report.dry_run {
+            " (dry run: nothing was changed)"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::Success)
 }

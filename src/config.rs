@@ -13,6 +13,10 @@ pub const DEFAULT_GRAPH: &str = "https://graph.microsoft.com/v1.0";
 pub const SECRET_ENV: &str = "M365BK_CLIENT_SECRET";
 /// systemd credential name (`LoadCredential=client-secret:…`).
 pub const SECRET_CREDENTIAL: &str = "client-secret";
+/// systemd credential name of the PEM certificate (may also hold its private key).
+pub const CERTIFICATE_CREDENTIAL: &str = "client-certificate";
+/// systemd credential name of the PEM private key of the certificate.
+pub const PRIVATE_KEY_CREDENTIAL: &str = "client-private-key";
 /// Environment variable that may hold the repository passphrase.
 pub const PASSPHRASE_ENV: &str = "M365BK_PASSPHRASE";
 /// systemd credential name for the repository passphrase.
@@ -34,6 +38,47 @@ pub struct ConfigFile {
     /// Backup tunables.
     #[serde(default)]
     pub backup: BackupSection,
+    /// Microsoft's throttling limits the Graph client keeps to.
+    #[serde(default)]
+    pub throttling: ThrottlingSection,
+}
+
+/// `[throttling]`: Microsoft's per-workload limits, kept on the client side (requests wait for
+/// their budget instead of being answered 429). Defaults are Microsoft's published limits for
+/// a tenant of up to 1,000 licences; raise the SharePoint budgets for bigger tenants
+/// (<https://learn.microsoft.com/sharepoint/dev/general-development/how-to-avoid-getting-throttled-or-blocked-in-sharepoint-online>).
+/// 0 switches a limit off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottlingSection {
+    /// Outlook requests in flight at once per mailbox (Microsoft: 4).
+    pub outlook_concurrent_requests: u32,
+    /// Outlook requests per window per mailbox (Microsoft: 10,000 per 10 minutes).
+    pub outlook_requests_per_window: u32,
+    /// The Outlook request window in seconds (Microsoft: 600).
+    pub outlook_window_secs: u64,
+    /// OneDrive/SharePoint resource units per minute for the app (Microsoft: 1,250 / 2,500 /
+    /// 3,750 / 5,000 / 6,250 by licence count).
+    pub sharepoint_resource_units_per_minute: u32,
+    /// OneDrive/SharePoint resource units per 24 hours for the app (Microsoft: 1,200,000 up to
+    /// 1,000 licences … 6,000,000 above 50,000).
+    pub sharepoint_resource_units_per_day: u32,
+    /// Requests per second per team (Microsoft: 4).
+    pub teams_requests_per_second: u32,
+}
+
+impl Default for ThrottlingSection {
+    fn default() -> Self {
+        let d = m365bk_graph::ThrottleOptions::default();
+        ThrottlingSection {
+            outlook_concurrent_requests: d.outlook_concurrent_requests,
+            outlook_requests_per_window: d.outlook_requests_per_window,
+            outlook_window_secs: d.outlook_window.as_secs(),
+            sharepoint_resource_units_per_minute: d.sharepoint_resource_units_per_minute,
+            sharepoint_resource_units_per_day: d.sharepoint_resource_units_per_day,
+            teams_requests_per_second: d.teams_requests_per_second,
+        }
+    }
 }
 
 /// `[tenant]`.
@@ -46,6 +91,15 @@ pub struct TenantSection {
     pub client_id: String,
     /// File holding the client secret value (mode 0600 or stricter).
     pub client_secret_file: Option<PathBuf>,
+    /// PEM certificate registered on the app registration (certificate credentials); may
+    /// also hold the private key. Replaces the client secret.
+    pub certificate_file: Option<PathBuf>,
+    /// PEM RSA private key of `certificate_file` (mode 0600 or stricter); default: the key
+    /// block inside `certificate_file`.
+    pub private_key_file: Option<PathBuf>,
+    /// Client assertion signature: `"PS256"` (default, header `x5t#S256`) or `"RS256"`
+    /// (header `x5t`).
+    pub assertion_alg: Option<String>,
     /// OAuth authority; default Microsoft's public cloud.
     pub authority_url: Option<String>,
     /// Graph base URL; default `https://graph.microsoft.com/v1.0`.
@@ -58,11 +112,26 @@ pub struct TenantSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySection {
-    /// `file:///path` or a filesystem path.
+    /// A filesystem path, `file:///path`, `s3://bucket/prefix`, `az://container/prefix` or
+    /// `gs://bucket/prefix`.
     pub url: String,
     /// File holding the repository passphrase (mode 0600 or stricter).
     pub passphrase_file: Option<PathBuf>,
+    /// Retries of a failed storage request (cloud backends); default 5.
+    pub max_retries: Option<usize>,
+    /// No retry starts later than this many seconds after the first attempt; default 60.
+    pub retry_timeout_secs: Option<u64>,
+    /// Non-secret object_store settings of a cloud backend (`region`, `endpoint`,
+    /// `allow_http`, `account_name`, `timeout`…); secrets come from the environment.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, toml::Value>,
 }
+
+/// Highest `repository.max_retries`.
+pub const MAX_RETRIES_LIMIT: usize = 20;
+/// Highest `repository.retry_timeout_secs` (object_store: keep retries under 5 minutes, or
+/// signed requests expire).
+pub const RETRY_TIMEOUT_LIMIT_SECS: u64 = 300;
 
 /// `[catalog]`.
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +150,8 @@ pub struct BackupSection {
     pub page_size: u32,
     /// Concurrent downloads per mailbox / drive (Outlook allows 4 per mailbox).
     pub concurrency: usize,
+    /// Mailboxes or drives backed up at once by one job.
+    pub parallel_resources: usize,
 }
 
 impl Default for BackupSection {
@@ -88,6 +159,7 @@ impl Default for BackupSection {
         BackupSection {
             page_size: 100,
             concurrency: 4,
+            parallel_resources: 8,
         }
     }
 }
@@ -113,6 +185,9 @@ pub enum ConfigError {
     /// The secret file is unusable.
     #[error("client secret file {path}: {detail}")]
     SecretFile { path: PathBuf, detail: String },
+    /// The certificate or its private key is unusable.
+    #[error("certificate credential {path}: {detail}")]
+    CertificateFile { path: PathBuf, detail: String },
     /// No repository passphrase anywhere, for `init`.
     #[error("no repository passphrase: set repository.passphrase_file to a file holding it (mode 0600), or set ${PASSPHRASE_ENV}, or pass a systemd credential named `{PASSPHRASE_CREDENTIAL}`; or run `m365bk init --no-encryption` for an unencrypted repository. Passphrases are never taken from the command line")]
     NoPassphrase,
@@ -133,6 +208,12 @@ pub struct Settings {
     pub client_id: String,
     /// Where the secret is read from (resolved lazily: commands that need no token work without it).
     pub secret_file: Option<PathBuf>,
+    /// Certificate credentials: the PEM certificate (read lazily, like the secret).
+    pub certificate_file: Option<PathBuf>,
+    /// The PEM private key of the certificate, when not inside `certificate_file`.
+    pub private_key_file: Option<PathBuf>,
+    /// Signature algorithm of client assertions.
+    pub assertion_alg: m365bk_graph::AssertionAlgorithm,
     /// Authority URL.
     pub authority: url::Url,
     /// Graph base URL.
@@ -141,6 +222,8 @@ pub struct Settings {
     pub sharepoint_host: Option<String>,
     /// Repository location.
     pub repository: String,
+    /// Cloud backend settings: options, retries, the systemd credentials directory.
+    pub backend: m365bk_store::BackendOptions,
     /// Where the repository passphrase is read from, if a file (resolved lazily).
     pub passphrase_file: Option<PathBuf>,
     /// Catalog file.
@@ -149,6 +232,10 @@ pub struct Settings {
     pub page_size: u32,
     /// Backup concurrency.
     pub concurrency: usize,
+    /// Resources (mailboxes, drives) backed up at once.
+    pub parallel_resources: usize,
+    /// Microsoft's throttling limits for the Graph client.
+    pub throttle: m365bk_graph::ThrottleOptions,
 }
 
 fn parse_url(path: &Path, key: &str, value: &str) -> Result<url::Url, ConfigError> {
@@ -237,9 +324,35 @@ impl Settings {
                 file.backup.concurrency
             )));
         }
+        if file.throttling.outlook_window_secs == 0 {
+            return Err(invalid(
+                "throttling.outlook_window_secs = 0 must be at least 1 (Microsoft's window is 600)"
+                    .into(),
+            ));
+        }
+        if file.backup.parallel_resources == 0 || file.backup.parallel_resources > 64 {
+            return Err(invalid(format!(
+                "backup.parallel_resources = {} must be between 1 and 64",
+                file.backup.parallel_resources
+            )));
+        }
         if file.repository.url.trim().is_empty() {
             return Err(invalid("repository.url is empty: set it to file:///var/lib/m365bk/repository or another location".into()));
         }
+        if file.tenant.certificate_file.is_some() && file.tenant.client_secret_file.is_some() {
+            return Err(invalid("tenant.certificate_file and tenant.client_secret_file are both set: keep one (a certificate is the stronger credential; remove client_secret_file)".into()));
+        }
+        if file.tenant.private_key_file.is_some() && file.tenant.certificate_file.is_none() {
+            return Err(invalid("tenant.private_key_file is set without tenant.certificate_file: set certificate_file to the PEM certificate registered on the app registration".into()));
+        }
+        let assertion_alg = match file.tenant.assertion_alg.as_deref() {
+            None => m365bk_graph::AssertionAlgorithm::default(),
+            Some(a) => a.parse().map_err(|_| {
+                invalid(format!(
+                    "tenant.assertion_alg = {a:?}: use \"PS256\" (recommended) or \"RS256\""
+                ))
+            })?,
+        };
         let base_dir = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -265,10 +378,14 @@ impl Settings {
                 .to_string_lossy()
                 .into_owned()
         };
+        let backend = backend_options(&file.repository, &repository).map_err(invalid)?;
         Ok(Settings {
             tenant_id: file.tenant.tenant_id,
             client_id: file.tenant.client_id,
             secret_file: file.tenant.client_secret_file.as_deref().map(resolve),
+            certificate_file: file.tenant.certificate_file.as_deref().map(resolve),
+            private_key_file: file.tenant.private_key_file.as_deref().map(resolve),
+            assertion_alg,
             authority: parse_url(
                 path,
                 "tenant.authority_url",
@@ -280,6 +397,7 @@ impl Settings {
             graph_base,
             sharepoint_host: file.tenant.sharepoint_host,
             repository,
+            backend,
             passphrase_file: file.repository.passphrase_file.as_deref().map(resolve),
             catalog: file
                 .catalog
@@ -289,6 +407,19 @@ impl Settings {
                 .unwrap_or_else(default_catalog),
             page_size: file.backup.page_size,
             concurrency: file.backup.concurrency,
+            parallel_resources: file.backup.parallel_resources,
+            throttle: m365bk_graph::ThrottleOptions {
+                outlook_concurrent_requests: file.throttling.outlook_concurrent_requests,
+                outlook_requests_per_window: file.throttling.outlook_requests_per_window,
+                outlook_window: std::time::Duration::from_secs(file.throttling.outlook_window_secs),
+                sharepoint_resource_units_per_minute: file
+                    .throttling
+                    .sharepoint_resource_units_per_minute,
+                sharepoint_resource_units_per_day: file
+                    .throttling
+                    .sharepoint_resource_units_per_day,
+                teams_requests_per_second: file.throttling.teams_requests_per_second,
+            },
         })
     }
 
@@ -316,6 +447,88 @@ impl Settings {
         Err(ConfigError::NoSecret)
     }
 
+    /// How the app signs in: `tenant.certificate_file` (+ `private_key_file`) → certificate;
+    /// else a client secret from `tenant.client_secret_file` or `$M365BK_CLIENT_SECRET`; else
+    /// the systemd credentials `client-certificate` (+ `client-private-key`) → certificate;
+    /// else the systemd credential `client-secret`.
+    ///
+    /// # Errors
+    /// [`ConfigError::NoSecret`] when there is no credential at all,
+    /// [`ConfigError::SecretFile`] as for [`Settings::client_secret`],
+    /// [`ConfigError::CertificateFile`] for an unreadable certificate, a private key file that
+    /// other users can read (group or world), or a key that is not the certificate's.
+    pub fn client_credential(&self) -> Result<m365bk_graph::ClientCredential, ConfigError> {
+        if let Some(cert) = &self.certificate_file {
+            return self
+                .certificate(cert, self.private_key_file.as_deref())
+                .map(Into::into);
+        }
+        let has_env_secret = std::env::var(SECRET_ENV).is_ok_and(|s| !s.trim().is_empty());
+        if self.secret_file.is_none() && !has_env_secret {
+            if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+                let dir = PathBuf::from(dir);
+                let cert = dir.join(CERTIFICATE_CREDENTIAL);
+                if cert.exists() {
+                    let key = dir.join(PRIVATE_KEY_CREDENTIAL);
+                    let key = key.exists().then_some(key);
+                    return self.certificate(&cert, key.as_deref()).map(Into::into);
+                }
+            }
+        }
+        let secret = self.client_secret()?;
+        Ok(m365bk_graph::ClientSecretCredential {
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            secret: secret.into(),
+        }
+        .into())
+    }
+
+    fn certificate(
+        &self,
+        cert_path: &Path,
+        key_path: Option<&Path>,
+    ) -> Result<m365bk_graph::CertificateCredential, ConfigError> {
+        let cert_err = |path: &Path, detail: String| ConfigError::CertificateFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let cert_text = std::fs::read(cert_path)
+            .map_err(|e| cert_err(cert_path, format!("cannot read it ({e})")))?;
+        if key_path.is_none() && !String::from_utf8_lossy(&cert_text).contains("PRIVATE KEY-----") {
+            return Err(cert_err(
+                cert_path,
+                "holds no private key: set tenant.private_key_file to the PEM key of this \
+                 certificate (mode 0600), or append the key to this file (then chmod 600 it)"
+                    .into(),
+            ));
+        }
+        // The file holding the private key must be private, whichever file that is.
+        let key_file = key_path.unwrap_or(cert_path);
+        let key_text = secrecy::SecretBox::new(Box::new(
+            read_owner_only_file(key_file).map_err(|d| cert_err(key_file, d))?,
+        ));
+        m365bk_graph::CertificateCredential::from_pem(
+            self.tenant_id.clone(),
+            self.client_id.clone(),
+            &cert_text,
+            secrecy::ExposeSecret::expose_secret(&key_text).as_bytes(),
+            self.assertion_alg,
+        )
+        .map_err(|e| {
+            let detail = match e {
+                m365bk_graph::Error::Invalid { detail } => detail,
+                other => other.to_string(),
+            };
+            let detail = if key_path.is_none() && detail.contains("PRIVATE KEY") {
+                format!("{detail}: put the key in the same file or set tenant.private_key_file")
+            } else {
+                detail
+            };
+            cert_err(key_file, detail)
+        })
+    }
+
     /// The repository passphrase: `repository.passphrase_file`, else `$M365BK_PASSPHRASE`,
     /// else the systemd credential `repository-passphrase`; `None` if there is none (fine for
     /// an unencrypted repository). One line ending at the end is not part of it.
@@ -337,6 +550,54 @@ impl Settings {
         }
         Ok(None)
     }
+}
+
+/// `[repository]`'s backend settings, checked against the location's backend: the options
+/// must be object_store keys of that backend and not secrets.
+fn backend_options(
+    section: &RepositorySection,
+    location: &str,
+) -> Result<m365bk_store::BackendOptions, String> {
+    let parsed = m365bk_store::Location::parse(location).map_err(|e| e.to_string())?;
+    let mut retry = m365bk_store::RetryOptions::DEFAULT;
+    if let Some(n) = section.max_retries {
+        if n > MAX_RETRIES_LIMIT {
+            return Err(format!(
+                "repository.max_retries = {n} must be between 0 and {MAX_RETRIES_LIMIT}"
+            ));
+        }
+        retry.max_retries = n;
+    }
+    if let Some(secs) = section.retry_timeout_secs {
+        if secs == 0 || secs > RETRY_TIMEOUT_LIMIT_SECS {
+            return Err(format!(
+                "repository.retry_timeout_secs = {secs} must be between 1 and {RETRY_TIMEOUT_LIMIT_SECS}"
+            ));
+        }
+        retry.retry_timeout = std::time::Duration::from_secs(secs);
+    }
+    let mut options = std::collections::BTreeMap::new();
+    for (key, value) in &section.options {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(format!(
+                    "repository.options.{key} = {other} is not a single value: give a string, number or true/false"
+                ))
+            }
+        };
+        options.insert(key.clone(), text);
+    }
+    let backend = m365bk_store::BackendOptions {
+        options,
+        retry,
+        credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+    };
+    backend.check(&parsed).map_err(|e| e.to_string())?;
+    Ok(backend)
 }
 
 /// A new passphrase for `key add` / `key passwd`: `file`, else `$M365BK_NEW_PASSPHRASE`.
@@ -386,6 +647,23 @@ fn read_private_file(path: &Path) -> Result<String, String> {
         if meta.permissions().mode() & 0o004 != 0 {
             return Err(format!(
                 "is readable by every user: run `chmod 600 {}`",
+                path.display()
+            ));
+        }
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))
+}
+
+/// Reads a private key file, refusing one that any other user can read (group or world).
+fn read_owner_only_file(path: &Path) -> Result<String, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?;
+        if meta.permissions().mode() & 0o044 != 0 {
+            return Err(format!(
+                "the private key is readable by other users (mode {:o}): run `chmod 600 {}`",
+                meta.permissions().mode() & 0o777,
                 path.display()
             ));
         }
@@ -463,6 +741,87 @@ url = "repo"
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = new_passphrase(Some(&file)).unwrap_err().to_string();
         assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn throttling_defaults_are_microsofts_limits_and_can_be_raised() {
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), GOOD).unwrap();
+        assert_eq!(s.throttle, m365bk_graph::ThrottleOptions::default());
+        assert_eq!(s.throttle.outlook_concurrent_requests, 4);
+        assert_eq!(s.throttle.outlook_requests_per_window, 10_000);
+        assert_eq!(s.throttle.sharepoint_resource_units_per_minute, 1_250);
+        assert_eq!(s.parallel_resources, 8);
+        let text = format!(
+            "{GOOD}\n[throttling]\nsharepoint_resource_units_per_minute = 2500\noutlook_concurrent_requests = 2\n"
+        );
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), &text).unwrap();
+        assert_eq!(s.throttle.sharepoint_resource_units_per_minute, 2_500);
+        assert_eq!(s.throttle.outlook_concurrent_requests, 2);
+        let e = Settings::parse(
+            Path::new("c.toml"),
+            &text.replace("outlook_concurrent_requests", "outlook_concurrency"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("outlook_concurrency"), "{e}");
+    }
+
+    #[test]
+    fn cloud_repository_options_and_retries() {
+        let text = GOOD.replace(
+            "url = \"repo\"",
+            "url = \"s3://backups/m365\"\nmax_retries = 2\nretry_timeout_secs = 15\n[repository.options]\nregion = \"eu-west-1\"\nallow_http = true\nendpoint = \"http://127.0.0.1:9000\"",
+        );
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), &text).unwrap();
+        assert_eq!(s.repository, "s3://backups/m365");
+        assert_eq!(s.backend.retry.max_retries, 2);
+        assert_eq!(s.backend.retry.retry_timeout.as_secs(), 15);
+        assert_eq!(s.backend.options["region"], "eu-west-1");
+        assert_eq!(s.backend.options["allow_http"], "true");
+
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), GOOD).unwrap();
+        assert_eq!(s.backend.retry, m365bk_store::RetryOptions::DEFAULT);
+        assert!(s.backend.options.is_empty());
+    }
+
+    #[test]
+    fn cloud_repository_mistakes_name_the_setting() {
+        for (repo, says) in [
+            (
+                "url = \"s3://b/p\"\n[repository.options]\nsecret_access_key = \"x\"",
+                "$AWS_SECRET_ACCESS_KEY",
+            ),
+            (
+                "url = \"az://c/p\"\n[repository.options]\naccount_key = \"x\"",
+                "$AZURE_STORAGE_ACCOUNT_KEY",
+            ),
+            (
+                "url = \"s3://b/p\"\n[repository.options]\nregoin = \"x\"",
+                "repository.options.regoin",
+            ),
+            (
+                "url = \"repo\"\n[repository.options]\nregion = \"x\"",
+                "only to s3://, az:// and gs://",
+            ),
+            (
+                "url = \"s3://b/p\"\n[repository.options]\nregion = [1]",
+                "repository.options.region = [1] is not a single value",
+            ),
+            (
+                "url = \"s3://b/p\"\nmax_retries = 99",
+                "repository.max_retries = 99",
+            ),
+            (
+                "url = \"s3://b/p\"\nretry_timeout_secs = 0",
+                "repository.retry_timeout_secs = 0",
+            ),
+            ("url = \"ftp://h/p\"", "unknown scheme ftp://"),
+        ] {
+            let text = GOOD.replace("url = \"repo\"", repo);
+            let e = Settings::parse(Path::new("c.toml"), &text).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{repo}: {e}");
+            assert!(e.to_string().contains(says), "{repo}: {e}");
+        }
     }
 
     #[test]

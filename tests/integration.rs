@@ -4,10 +4,15 @@
 //! The corpus is built by `scripts/build-corpus.py` (`scripts/test.sh` does it first).
 
 mod integration {
+    mod auth;
     mod bad_input;
+    mod crash;
     mod e2e;
     mod encryption;
     mod faults;
     mod gate;
     pub mod harness;
+    mod maintenance;
+    mod s3;
+    mod throttling;
 }

@@ -662,3 +662,96 @@ async fn outlook_throttling_model_and_latency_during_a_backup() {
     let want: BTreeMap<(String, String), usize> = content_set(&source, "mail", "");
     assert_eq!(got, want);
 }
+
+/// Issue 4: access tokens live 3 seconds, the client's clock is 2 seconds slow (so Graph
+/// refuses each token a little before the client would replace it), every request takes
+/// 120 ms more, and delta pages hold 2 items: the backup crosses token expiry several times in the middle of delta rounds,
+/// is answered 401 `InvalidAuthenticationToken`, fetches a new token and sends the request
+/// again. Every item is stored, and the next incremental is correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_token_lifetime_expires_mid_delta_and_every_item_is_stored() {
+    let case = start().await;
+    let source = case.sim.export(ADELE).await;
+    case.sim
+        .admin(Method::PUT, "token-lifetime", b"3".to_vec())
+        .await;
+    case.sim
+        .admin(Method::PUT, "clock-offset", b"2".to_vec())
+        .await;
+    case.faults(json!({"latency_ms": 120})).await;
+    // Small delta pages: more pages per round, so expiry falls between them.
+    let config = std::fs::read_to_string(&case.env.config).unwrap();
+    std::fs::write(
+        &case.env.config,
+        format!("{config}\n[backup]\npage_size = 2\n"),
+    )
+    .unwrap();
+    case.sim.clear_requests().await;
+    let started = std::time::Instant::now();
+    let ex = case.backup("exchange").await.ok().json();
+    let od = case.backup("onedrive").await.ok().json();
+    let log = case.sim.requests().await;
+    eprintln!(
+        "short token lifetime: {} requests in {:.1} s",
+        log.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let is_token = |e: &Value| path(e).ends_with("/oauth2/v2.0/token");
+    let tokens = log
+        .iter()
+        .filter(|e| is_token(e) && status(e) == 200)
+        .count();
+    assert!(tokens >= 3, "tokens were replaced several times: {tokens}");
+    // Token expiry fell between pages of one delta round, more than once.
+    let deltas: Vec<usize> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| path(e).contains("/delta"))
+        .map(|(i, _)| i)
+        .collect();
+    let mid_delta = log[deltas[0]..*deltas.last().unwrap()]
+        .iter()
+        .filter(|e| is_token(e))
+        .count();
+    assert!(
+        mid_delta >= 2,
+        "{mid_delta} token requests during delta rounds"
+    );
+    // Graph refused expired tokens; each refused request was sent again and answered.
+    let refused: Vec<(usize, &Value)> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| status(e) == 401 && path(e).starts_with("/v1.0"))
+        .collect();
+    eprintln!(
+        "short token lifetime: {tokens} tokens, {} requests refused with 401",
+        refused.len()
+    );
+    assert!(!refused.is_empty(), "the 401 refresh path was exercised");
+    for (at, e) in &refused {
+        assert!(
+            log[at + 1..]
+                .iter()
+                .any(|x| path(x) == path(e) && status(x) < 400),
+            "{} was sent again with a new token and answered",
+            path(e)
+        );
+    }
+    assert!(
+        log.iter().all(|e| status(e) < 400 || status(e) == 401),
+        "no other errors"
+    );
+
+    case.sim
+        .admin(Method::PUT, "clock-offset", b"0".to_vec())
+        .await;
+    case.sim
+        .admin(Method::PUT, "token-lifetime", b"3599".to_vec())
+        .await;
+    case.assert_restored(&snapshot_of(&ex), "mail", &source, "Restored-L", &[])
+        .await;
+    case.assert_restored(&snapshot_of(&od), "drive", &source, "Restored-L", &[])
+        .await;
+    assert_next_incremental_fetches_only_changes(&case, "lifetime").await;
+}

@@ -17,7 +17,9 @@ pub enum Error {
     /// The Microsoft identity platform token endpoint refused the client-credentials request.
     ///
     /// `aadsts` is the numeric `AADSTS` code (`7000215` wrong secret, `7000222` expired secret,
-    /// `700016` unknown application, `90002` unknown tenant, ...); the message names the fix.
+    /// `700016` unknown application, `90002` unknown tenant, `700027` certificate not
+    /// registered or bad signature, `700024` assertion outside its time range (clock), ...);
+    /// the message names the fix.
     /// See <https://learn.microsoft.com/entra/identity-platform/reference-error-codes>.
     #[error(
         "token request refused (HTTP {status}, {error}{}): {}; {}",
@@ -281,12 +283,39 @@ fn token_fix(aadsts: Option<u32>, error: &str) -> &'static str {
              verified domain)"
         }
         Some(7000229) => "the application has no service principal in this tenant: an administrator must grant admin consent",
-        Some(500011) | Some(500021) | Some(700027) => {
+        Some(500011) | Some(500021) => {
             "the requested resource (API audience) is not available in this tenant"
+        }
+        Some(700027) => {
+            "the certificate that signed the client assertion is not registered on the app \
+             registration, or the private key does not belong to it: upload the certificate of \
+             tenant.certificate_file under Certificates & secrets in Entra ID (its thumbprint there \
+             must equal `openssl x509 -in CERTFILE -noout -fingerprint -sha1`), or point \
+             tenant.private_key_file at the key of the registered certificate"
+        }
+        Some(700024) => {
+            "the client assertion is outside its valid time range: this host's clock is wrong; \
+             sync it (NTP, `timedatectl`) — m365bk signs each assertion valid for 5 minutes \
+             from its own clock"
+        }
+        Some(700021) => {
+            "the client assertion's iss/sub does not match client_id: check tenant.client_id \
+             is the Application (client) ID of the app the certificate is registered on"
+        }
+        Some(700023) => {
+            "the client assertion's audience is not this token endpoint: check \
+             tenant.authority_url and tenant.tenant_id (the assertion is addressed to \
+             {authority_url}/{tenant_id}/oauth2/v2.0/token)"
+        }
+        Some(5002738) => {
+            "the assertion's signature algorithm is refused: set tenant.assertion_alg to \
+             \"PS256\" (recommended) or \"RS256\""
         }
         Some(65001) => "admin consent has not been granted for this application",
         Some(50126) | Some(7000218) => "check the credential type: this client needs a client secret or certificate",
-        _ if error == "invalid_client" => "check client_id, tenant_id and the client secret",
+        _ if error == "invalid_client" => {
+            "check client_id, tenant_id and the client secret or certificate"
+        }
         _ => "see https://learn.microsoft.com/entra/identity-platform/reference-error-codes",
     }
 }

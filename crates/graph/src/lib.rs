@@ -3,9 +3,13 @@
 //!
 //! # Main types
 //! - [`HttpClient`]: the one reqwest client of the process (rustls, `User-Agent`
-//!   `ISV|m365bk|m365bk/<version>`, timeouts, [`RetryPolicy`]).
+//!   `ISV|m365bk|m365bk/<version>`, timeouts, [`RetryPolicy`]), with admission control for
+//!   Microsoft's per-workload limits ([`ThrottleOptions`]: 4 requests in flight and 10,000 per
+//!   10 minutes per Outlook mailbox, SharePoint resource units per minute and day, 4 requests
+//!   per second per team; a 429 fences only its [`Workload`]).
 //! - [`TokenProvider`]: client-credentials tokens per [`Audience`] (Graph, Exchange Online,
-//!   SharePoint), cached and refreshed 5 minutes before expiry; [`AccessToken::claims`] reads
+//!   SharePoint) with a client secret or a certificate ([`CertificateCredential`]: a PS256 or
+//!   RS256 client assertion), cached and refreshed 5 minutes before expiry; [`AccessToken::claims`] reads
 //!   the `roles` claim for the permission gate.
 //! - [`GraphClient`]: JSON calls ([`GraphClient::get_json`], [`GraphClient::list`],
 //!   [`GraphClient::post_json`], ...), the [`DeltaWalker`], [`GraphClient::download`] and
@@ -53,16 +57,21 @@
 
 #![deny(missing_docs)]
 
+mod certificate;
 mod client;
 mod delta;
 mod directory;
 mod download;
 mod error;
 mod http;
+mod limiter;
 mod retry;
 mod token;
 mod upload;
 
+pub use certificate::{
+    AssertionAlgorithm, CertificateCredential, ASSERTION_LIFETIME, CLIENT_ASSERTION_TYPE,
+};
 pub use client::{
     encode_segment, GraphClient, DEFAULT_UPLOAD_FRAGMENT, MAX_UPLOAD_FRAGMENT, UPLOAD_FRAGMENT_UNIT,
 };
@@ -71,8 +80,9 @@ pub use directory::{Directory, RestDirectory, SdkDirectory};
 pub use download::Download;
 pub use error::{Error, Result};
 pub use http::{HttpClient, HttpOptions, USER_AGENT};
+pub use limiter::{ThrottleOptions, ThrottleStats, Workload};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use token::{
-    AccessToken, Audience, ClientSecretCredential, Endpoints, TokenClaims, TokenProvider,
-    REFRESH_MARGIN,
+    AccessToken, Audience, ClientCredential, ClientSecretCredential, Endpoints, TokenClaims,
+    TokenProvider, REFRESH_MARGIN,
 };

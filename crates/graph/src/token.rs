@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::certificate::{CertificateCredential, CLIENT_ASSERTION_TYPE};
 use crate::error::{body_snippet, parse_token_error, Error, Result};
 use crate::http::{display_url, send_buffered, HttpClient};
 use crate::retry::{self, header_str, Call};
@@ -93,11 +94,51 @@ pub struct ClientSecretCredential {
     pub secret: SecretString,
 }
 
+/// How the application proves its identity to the token endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientCredential {
+    /// `client_secret=` (a shared secret).
+    Secret(ClientSecretCredential),
+    /// `client_assertion=` (a JWT signed with the certificate's private key).
+    Certificate(CertificateCredential),
+}
+
+impl ClientCredential {
+    fn tenant_id(&self) -> &str {
+        match self {
+            ClientCredential::Secret(c) => &c.tenant_id,
+            ClientCredential::Certificate(c) => &c.tenant_id,
+        }
+    }
+
+    fn client_id(&self) -> &str {
+        match self {
+            ClientCredential::Secret(c) => &c.client_id,
+            ClientCredential::Certificate(c) => &c.client_id,
+        }
+    }
+}
+
+impl From<ClientSecretCredential> for ClientCredential {
+    fn from(c: ClientSecretCredential) -> Self {
+        ClientCredential::Secret(c)
+    }
+}
+
+impl From<CertificateCredential> for ClientCredential {
+    fn from(c: CertificateCredential) -> Self {
+        ClientCredential::Certificate(c)
+    }
+}
+
 /// A bearer token and when it stops working.
 #[derive(Clone)]
 pub struct AccessToken {
     secret: SecretString,
     expires_at: SystemTime,
+    /// The lifetime the token endpoint granted (`expires_in`); the refresh margin is a
+    /// quarter of it when that is less than [`REFRESH_MARGIN`].
+    lifetime: Option<Duration>,
 }
 
 impl fmt::Debug for AccessToken {
@@ -115,6 +156,7 @@ impl AccessToken {
         AccessToken {
             secret: SecretString::from(secret.into()),
             expires_at,
+            lifetime: None,
         }
     }
 
@@ -182,7 +224,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<AccessToken>>>;
 pub struct TokenProvider {
     http: HttpClient,
     endpoints: Endpoints,
-    credential: ClientSecretCredential,
+    credential: ClientCredential,
     slots: Mutex<HashMap<Audience, Slot>>,
     requests: AtomicU64,
 }
@@ -191,8 +233,8 @@ impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenProvider")
             .field("authority", &self.endpoints.authority.as_str())
-            .field("tenant_id", &self.credential.tenant_id)
-            .field("client_id", &self.credential.client_id)
+            .field("tenant_id", &self.credential.tenant_id())
+            .field("client_id", &self.credential.client_id())
             .finish_non_exhaustive()
     }
 }
@@ -205,12 +247,17 @@ struct TokenResponse {
 }
 
 impl TokenProvider {
-    /// A provider for one application in one tenant.
-    pub fn new(http: HttpClient, endpoints: Endpoints, credential: ClientSecretCredential) -> Self {
+    /// A provider for one application in one tenant, with a client secret
+    /// ([`ClientSecretCredential`]) or a certificate ([`CertificateCredential`]).
+    pub fn new(
+        http: HttpClient,
+        endpoints: Endpoints,
+        credential: impl Into<ClientCredential>,
+    ) -> Self {
         TokenProvider {
             http,
             endpoints,
-            credential,
+            credential: credential.into(),
             slots: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
         }
@@ -226,9 +273,11 @@ impl TokenProvider {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// A token for `audience` with at least [`REFRESH_MARGIN`] left, from the cache or from
+    /// A token for `audience` with at least [`REFRESH_MARGIN`] left (or a quarter of its
+    /// lifetime, if that is shorter), from the cache or from
     /// `POST {authority}/{tenant}/oauth2/v2.0/token` (`grant_type=client_credentials`,
-    /// `scope={resource}/.default`), retried like every call.
+    /// `scope={resource}/.default`, and `client_secret` or a fresh `client_assertion` per
+    /// attempt), retried like every call.
     ///
     /// # Errors
     /// [`Error::Token`] when the endpoint refuses (with the `AADSTS` code and the fix),
@@ -275,12 +324,7 @@ impl TokenProvider {
                 ),
             })?
             .pop_if_empty()
-            .extend([
-                self.credential.tenant_id.as_str(),
-                "oauth2",
-                "v2.0",
-                "token",
-            ]);
+            .extend([self.credential.tenant_id(), "oauth2", "v2.0", "token"]);
         Ok(url)
     }
 
@@ -289,13 +333,23 @@ impl TokenProvider {
         let shown = display_url(&url);
         let scope = audience.scope();
         let options = self.http.options();
-        let form = [
-            ("client_id", self.credential.client_id.as_str()),
-            ("scope", scope.as_str()),
-            ("client_secret", self.credential.secret.expose_secret()),
-            ("grant_type", "client_credentials"),
+        let mut form: Vec<(&'static str, String)> = vec![
+            ("client_id", self.credential.client_id().to_owned()),
+            ("scope", scope.clone()),
+            ("grant_type", "client_credentials".to_owned()),
         ];
-        let mut sent_at = SystemTime::now();
+        let certificate = match &self.credential {
+            ClientCredential::Secret(c) => {
+                form.push(("client_secret", c.secret.expose_secret().to_owned()));
+                None
+            }
+            ClientCredential::Certificate(c) => {
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
+                Some(c.clone())
+            }
+        };
+        let aud = url.to_string();
+        let sent_at = Mutex::new(SystemTime::now());
         let call = Call {
             method: "POST",
             url: &shown,
@@ -303,17 +357,38 @@ impl TokenProvider {
             counter: &self.requests,
         };
         let resp = retry::run(&options.retry, call, |_| {
-            sent_at = SystemTime::now();
-            let request = self
-                .http
-                .reqwest()
-                .post(url.clone())
-                .header("client-request-id", uuid::Uuid::new_v4().to_string())
-                .timeout(options.request_timeout)
-                .form(&form);
-            send_buffered(request, &shown)
+            let mut form = form.clone();
+            let certificate = certificate.clone();
+            let aud = aud.clone();
+            let url = url.clone();
+            let sent_at = &sent_at;
+            let shown = &shown;
+            async move {
+                // A fresh assertion (new jti, new nbf/exp) for every attempt, signed off the
+                // async runtime.
+                if let Some(cert) = certificate {
+                    let signed = tokio::task::spawn_blocking(move || {
+                        cert.assertion(&aud, SystemTime::now())
+                    })
+                    .await
+                    .map_err(|e| Error::Invalid {
+                        detail: format!("signing the client assertion failed: {e}"),
+                    })??;
+                    form.push(("client_assertion", signed));
+                }
+                *sent_at.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
+                let request = self
+                    .http
+                    .reqwest()
+                    .post(url)
+                    .header("client-request-id", uuid::Uuid::new_v4().to_string())
+                    .timeout(options.request_timeout)
+                    .form(&form);
+                send_buffered(request, shown).await
+            }
         })
         .await?;
+        let sent_at = sent_at.into_inner().unwrap_or_else(|p| p.into_inner());
 
         let request_id = header_str(&resp.headers, "x-ms-request-id")
             .or_else(|| header_str(&resp.headers, "request-id"))
@@ -337,10 +412,11 @@ impl TokenProvider {
                 ),
             })?;
             tracing::debug!(audience = %audience.resource(), expires_in, "acquired access token");
-            return Ok(AccessToken::new(
-                parsed.access_token,
-                sent_at + Duration::from_secs(expires_in),
-            ));
+            return Ok(AccessToken {
+                secret: SecretString::from(parsed.access_token),
+                expires_at: sent_at + Duration::from_secs(expires_in),
+                lifetime: Some(Duration::from_secs(expires_in)),
+            });
         }
         let err = match parse_token_error(&resp.body) {
             Some((error, aadsts, description)) => Error::Token {
@@ -371,11 +447,17 @@ impl TokenProvider {
     }
 }
 
+/// A token is used until [`REFRESH_MARGIN`] before it expires; a short-lived token (under 20
+/// minutes, as sovereign-cloud policies and the simulator can issue) until a quarter of its
+/// lifetime is left, so it is not refetched for every request.
 fn is_fresh(token: &AccessToken) -> bool {
+    let margin = token
+        .lifetime
+        .map_or(REFRESH_MARGIN, |l| REFRESH_MARGIN.min(l / 4));
     token
         .expires_at
         .duration_since(SystemTime::now())
-        .is_ok_and(|left| left > REFRESH_MARGIN)
+        .is_ok_and(|left| left > margin)
 }
 
 #[cfg(test)]

@@ -121,6 +121,77 @@ pub(crate) async fn put_consent(
     }
 }
 
+/// `POST /_sim/admin/apps/{client_id}/certificates` with a PEM certificate: registers it for
+/// certificate credentials, as uploading a `.cer` under *Certificates & secrets* does. 201
+/// `{"x5t#S256", "x5t"}` (base64url SHA-256 and SHA-1 thumbprints of the DER certificate).
+pub(crate) async fn post_certificate(
+    State(sim): State<Arc<Sim>>,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let cert = match crate::token::KeyCredential::from_pem(&text) {
+        Ok(c) => c,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
+    };
+    let answer = json!({ "x5t#S256": cert.x5t_s256.clone(), "x5t": cert.x5t.clone() });
+    match sim.state().app_mut(&client_id) {
+        Some(app) => {
+            app.certificates.retain(|c| c.x5t_s256 != cert.x5t_s256);
+            app.certificates.push(cert);
+            (StatusCode::CREATED, axum::Json(answer)).into_response()
+        }
+        None => admin_error(StatusCode::NOT_FOUND, format!("no app '{client_id}'")),
+    }
+}
+
+/// `DELETE /_sim/admin/apps/{client_id}/certificates`: removes every registered certificate.
+pub(crate) async fn delete_certificates(
+    State(sim): State<Arc<Sim>>,
+    Path(client_id): Path<String>,
+) -> Response {
+    match sim.state().app_mut(&client_id) {
+        Some(app) => {
+            app.certificates.clear();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => admin_error(StatusCode::NOT_FOUND, format!("no app '{client_id}'")),
+    }
+}
+
+/// `PUT /_sim/admin/token-lifetime` with a number of seconds (≥ 1): the `expires_in` of
+/// access tokens issued from now on.
+pub(crate) async fn put_token_lifetime(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<u64>(&body) {
+        Ok(secs) if secs >= 1 => {
+            sim.token_lifetime_secs
+                .store(secs, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => admin_error(
+            StatusCode::BAD_REQUEST,
+            "body must be a whole number of seconds, at least 1",
+        ),
+    }
+}
+
+/// `PUT /_sim/admin/clock-offset` with a signed number of seconds: how far the simulator's
+/// clock is ahead of the clients' when it checks client assertions' `nbf`/`exp` and access
+/// tokens' `exp` (a client with a slow clock presents tokens Graph already considers expired).
+pub(crate) async fn put_clock_offset(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<i64>(&body) {
+        Ok(secs) => {
+            sim.clock_offset_secs
+                .store(secs, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(_) => admin_error(
+            StatusCode::BAD_REQUEST,
+            "body must be a whole number of seconds",
+        ),
+    }
+}
+
 /// `POST /_sim/admin/users/{upn}/messages?folder=Inbox/Sub` with raw MIME: delivers a new
 /// (unread) message, creating folders on the path. 201 `{"id"}`.
 pub(crate) async fn post_message(

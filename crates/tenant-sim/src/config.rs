@@ -20,6 +20,7 @@ const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
 /// display_name = "m365bk"             # optional, default "m365bk"
 /// admin_consent = true                # optional, default true; false → no `roles` claim
 /// roles = ["Mail.Read", "User.Read.All"]
+/// certificates = ["-----BEGIN CERTIFICATE-----\n…"]  # optional: PEM, for client assertions
 /// [faults]                            # optional: see FaultsConfig
 /// latency_ms = 0
 /// ```
@@ -49,6 +50,11 @@ pub struct AppConfig {
     pub client_id: String,
     /// The client secret value.
     pub client_secret: String,
+    /// PEM X.509 certificates registered for certificate credentials (client assertions
+    /// signed PS256 with `x5t#S256` or RS256 with `x5t`); more can be added at run time with
+    /// `POST /_sim/admin/apps/{client_id}/certificates`.
+    #[serde(default)]
+    pub certificates: Vec<String>,
     /// `app_displayname` claim.
     #[serde(default)]
     pub display_name: Option<String>,
@@ -132,6 +138,10 @@ impl TenantConfig {
             }
             if app.client_secret.is_empty() {
                 return Err(format!("apps[{i}].client_secret must not be empty"));
+            }
+            for (j, pem) in app.certificates.iter().enumerate() {
+                crate::token::KeyCredential::from_pem(pem)
+                    .map_err(|e| format!("apps[{i}].certificates[{j}]: {e}"))?;
             }
         }
         self.faults.validate().map_err(|m| format!("faults.{m}"))?;

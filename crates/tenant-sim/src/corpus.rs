@@ -99,6 +99,11 @@ pub(crate) fn load(dir: &Path, config: &TenantConfig) -> Result<Tenant> {
         .map(|a| App {
             client_id: a.client_id.clone(),
             client_secret: a.client_secret.clone(),
+            certificates: a
+                .certificates
+                .iter()
+                .filter_map(|pem| crate::token::KeyCredential::from_pem(pem).ok())
+                .collect(),
             display_name: a.display_name.clone().unwrap_or_else(|| "m365bk".into()),
             admin_consent: a.admin_consent,
             roles: a.roles.clone(),

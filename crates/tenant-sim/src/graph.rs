@@ -451,7 +451,12 @@ pub(crate) async fn handle(
     let (parts, body) = req.into_parts();
     let verified = match token::bearer(&parts.headers) {
         None => Err(TokenRejection::Missing),
-        Some(t) => sim.keys.verify(t, Some(GRAPH_AUDIENCE)),
+        Some(t) => sim.keys.verify_with_clock_offset(
+            t,
+            Some(GRAPH_AUDIENCE),
+            sim.clock_offset_secs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
     };
     let claims = match verified {
         Ok(c) => c,

@@ -23,6 +23,10 @@ struct Opts {
     /// Tenant config (TOML): tenant_id, token_lifetime_secs, [[apps]].
     #[arg(long, value_name = "FILE")]
     tenant_config: PathBuf,
+    /// Lifetime of issued access tokens in seconds, overriding the config's
+    /// `token_lifetime_secs` (a few seconds make clients cross token expiry mid-job).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    token_lifetime_secs: Option<u64>,
     /// Loopback address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -53,7 +57,12 @@ fn main() -> ExitCode {
 
 async fn run(opts: Opts) -> ExitCode {
     let tenant = match TenantConfig::load(&opts.tenant_config) {
-        Ok(t) => t,
+        Ok(mut t) => {
+            if let Some(secs) = opts.token_lifetime_secs {
+                t.token_lifetime_secs = secs;
+            }
+            t
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);

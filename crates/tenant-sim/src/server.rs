@@ -89,8 +89,16 @@ impl Drop for RunningSim {
 #[derive(Debug)]
 pub(crate) struct Sim {
     pub base_url: String,
+    /// When the simulator started: the request log's `at_ms` counts from here.
+    pub started: std::time::Instant,
     pub tenant_id: String,
-    pub token_lifetime_secs: u64,
+    /// Lifetime of issued access tokens (`expires_in`), changeable at run time through
+    /// `PUT /_sim/admin/token-lifetime`.
+    pub token_lifetime_secs: std::sync::atomic::AtomicU64,
+    /// Seconds the simulator's clock is ahead of the clients' when it checks client
+    /// assertions' `nbf`/`exp` and access tokens' `exp` (`PUT /_sim/admin/clock-offset`): a
+    /// client host whose clock is wrong.
+    pub clock_offset_secs: std::sync::atomic::AtomicI64,
     pub keys: TokenKeys,
     pub perms: PermissionTable,
     state: Mutex<Tenant>,
@@ -149,8 +157,10 @@ pub async fn serve(opts: SimOptions) -> Result<RunningSim> {
     let base_url = format!("http://{addr}");
     let sim = Arc::new(Sim {
         base_url: base_url.clone(),
+        started: std::time::Instant::now(),
         tenant_id: opts.tenant.tenant_id.to_ascii_lowercase(),
-        token_lifetime_secs: opts.tenant.token_lifetime_secs,
+        token_lifetime_secs: std::sync::atomic::AtomicU64::new(opts.tenant.token_lifetime_secs),
+        clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
         keys: TokenKeys::generate(),
         perms,
         state: Mutex::new(tenant),
@@ -201,6 +211,12 @@ fn router(sim: Arc<Sim>) -> Router {
             "/_sim/admin/apps/{client_id}/consent",
             put(admin::put_consent),
         )
+        .route(
+            "/_sim/admin/apps/{client_id}/certificates",
+            post(admin::post_certificate).delete(admin::delete_certificates),
+        )
+        .route("/_sim/admin/token-lifetime", put(admin::put_token_lifetime))
+        .route("/_sim/admin/clock-offset", put(admin::put_clock_offset))
         .route(
             "/_sim/admin/users/{upn}/messages",
             post(admin::post_message),

@@ -59,6 +59,8 @@ impl Content {
 pub(crate) struct App {
     pub client_id: String,
     pub client_secret: String,
+    /// Certificates registered under *Certificates & secrets* (client assertions).
+    pub certificates: Vec<crate::token::KeyCredential>,
     pub display_name: String,
     pub admin_consent: bool,
     pub roles: Vec<String>,

@@ -122,6 +122,17 @@ impl TokenKeys {
         token: &str,
         audience: Option<&str>,
     ) -> Result<Claims, TokenRejection> {
+        self.verify_with_clock_offset(token, audience, 0)
+    }
+
+    /// [`TokenKeys::verify`] with the simulator's clock `clock_offset_secs` ahead of the
+    /// system clock (a client whose clock is behind: its tokens expire earlier than it thinks).
+    pub(crate) fn verify_with_clock_offset(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+        clock_offset_secs: i64,
+    ) -> Result<Claims, TokenRejection> {
         if token.is_empty() {
             return Err(TokenRejection::Missing);
         }
@@ -139,6 +150,9 @@ impl TokenKeys {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRejection::Expired,
                     _ => TokenRejection::Invalid,
                 })?;
+        if clock_offset_secs != 0 && (data.claims.exp as i64) < now() as i64 + clock_offset_secs {
+            return Err(TokenRejection::Expired);
+        }
         if let Some(aud) = audience {
             if !data
                 .claims
@@ -174,6 +188,224 @@ impl TokenKeys {
         .ok()?;
         (data.claims.typ == "download").then_some(data.claims)
     }
+}
+
+/// A certificate registered on an app (its public key and thumbprints), for verifying client
+/// assertions.
+#[derive(Clone)]
+pub(crate) struct KeyCredential {
+    /// base64url SHA-256 of the DER certificate (`x5t#S256`).
+    pub x5t_s256: String,
+    /// base64url SHA-1 of the DER certificate (`x5t`).
+    pub x5t: String,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for KeyCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCredential")
+            .field("x5t#S256", &self.x5t_s256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCredential {
+    /// The first `CERTIFICATE` block of `pem_text`, which must hold an RSA public key.
+    pub(crate) fn from_pem(pem_text: &str) -> Result<Self, String> {
+        use sha2::Digest as _;
+        let blocks = pem::parse_many(pem_text).map_err(|e| format!("not PEM text ({e})"))?;
+        let cert = blocks
+            .iter()
+            .find(|b| b.tag() == "CERTIFICATE")
+            .ok_or("no -----BEGIN CERTIFICATE----- block")?;
+        let key = DecodingKey::from_rsa_pem(pem::encode(cert).as_bytes())
+            .map_err(|e| format!("the certificate holds no RSA public key ({e})"))?;
+        let b64 = |d: &[u8]| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d)
+        };
+        Ok(KeyCredential {
+            x5t_s256: b64(&sha2::Sha256::digest(cert.contents())),
+            x5t: b64(&sha1::Sha1::digest(cert.contents())),
+            key,
+        })
+    }
+}
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Clock skew Entra ID tolerates on an assertion's `nbf`/`exp`.
+const ASSERTION_SKEW_SECS: i64 = 300;
+
+#[derive(Deserialize)]
+struct AssertionHeader {
+    alg: String,
+    #[serde(default)]
+    x5t: Option<String>,
+    #[serde(default, rename = "x5t#S256")]
+    x5t_s256: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AssertionClaims {
+    #[serde(default)]
+    aud: Option<Value>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    exp: Option<i64>,
+}
+
+/// Checks a certificate credential the way Entra ID does: the assertion names a certificate
+/// registered on the app (`x5t#S256` or `x5t`), its signature verifies with that certificate
+/// (`PS256` or `RS256`), `iss` and `sub` are the client id, `aud` is this token endpoint, and
+/// now (plus the admin clock offset, `PUT /_sim/admin/clock-offset`) lies within `nbf`..`exp` give or take 5 minutes.
+fn check_assertion(
+    sim: &Sim,
+    app: &crate::tenant::App,
+    tenant: &str,
+    client_id: &str,
+    assertion: &str,
+) -> Result<(), AadError> {
+    use base64::Engine as _;
+    let malformed = || {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "JWT token is invalid or malformed.",
+        )
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header_b64, claims_b64, _sig] = parts.as_slice() else {
+        return Err(malformed());
+    };
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part.trim_end_matches('='))
+            .ok()
+    };
+    let header: AssertionHeader = decode(header_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(malformed)?;
+    let claims: AssertionClaims = decode(claims_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(malformed)?;
+    let alg = match header.alg.as_str() {
+        "PS256" => Algorithm::PS256,
+        "RS256" => Algorithm::RS256,
+        other => {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                5002738,
+                format!(
+                    "Invalid JWT token. '{other}' is not a supported signature algorithm. Supported signing algorithms are: 'RS256, RS384, RS512, PS256, PS384, PS512'"
+                ),
+            ))
+        }
+    };
+    let used = header
+        .x5t_s256
+        .as_deref()
+        .map(|t| ("x5t#S256", t))
+        .or(header.x5t.as_deref().map(|t| ("x5t", t)));
+    let cert = used.and_then(|(kind, thumb)| {
+        app.certificates.iter().find(|c| match kind {
+            "x5t#S256" => c.x5t_s256 == thumb,
+            _ => c.x5t == thumb,
+        })
+    });
+    let Some(cert) = cert else {
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            format!(
+                "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{}'.]",
+                used.map(|(_, t)| t).unwrap_or(""),
+                app.client_id
+            ),
+        ));
+    };
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    if jsonwebtoken::decode::<Value>(assertion, &cert.key, &v).is_err() {
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            "Client assertion failed signature validation.",
+        ));
+    }
+    if claims.iss.as_deref() != Some(client_id) || claims.sub.as_deref() != Some(client_id) {
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials .",
+        ));
+    }
+    let audiences: Vec<String> = match &claims.aud {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let realm = [
+        format!("{}/{}/oauth2/v2.0/token", sim.base_url, tenant),
+        format!("{}/{}/oauth2/token", sim.base_url, tenant),
+    ];
+    if !audiences.iter().any(|a| {
+        realm
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(a.trim_end_matches('/')))
+    }) {
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700023,
+            format!(
+                "Client assertion audience claim does not match Realm issuer. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials . (aud {:?}, expected {:?})",
+                audiences, realm[0]
+            ),
+        ));
+    }
+    let now = now() as i64
+        + sim
+            .clock_offset_secs
+            .load(std::sync::atomic::Ordering::Relaxed);
+    let (Some(nbf), Some(exp)) = (claims.nbf.or(claims.exp.map(|e| e - 600)), claims.exp) else {
+        return Err(malformed());
+    };
+    if now + ASSERTION_SKEW_SECS < nbf || now - ASSERTION_SKEW_SECS > exp {
+        let fmt = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|d| d.format("%m/%d/%Y %H:%M:%S").to_string())
+                .unwrap_or_default()
+        };
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700024,
+            format!(
+                "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials .",
+                fmt(now),
+                fmt(nbf),
+                fmt(exp)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Extracts the bearer token from an `Authorization` header value.
@@ -366,13 +598,11 @@ fn issue_token(sim: &Sim, tenant: &str, body: &[u8]) -> Result<(String, Value), 
                 ));
             }
         }
-        (None, Some(_)) => {
-            return Err(aad_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700027,
-                "Client assertion failed signature validation. (The simulator accepts client secrets only.)",
-            ));
+        (None, Some(assertion)) => {
+            if get("client_assertion_type") != Some(JWT_BEARER) {
+                return Err(missing("client_assertion_type"));
+            }
+            check_assertion(sim, &app, tenant, client_id, assertion)?;
         }
         (None, None) => {
             return Err(aad_error(
@@ -386,6 +616,9 @@ fn issue_token(sim: &Sim, tenant: &str, body: &[u8]) -> Result<(String, Value), 
     let scope = get("scope").ok_or_else(|| missing("scope"))?;
     let aud = audience_for_scope(scope)?;
     let now = now();
+    let lifetime = sim
+        .token_lifetime_secs
+        .load(std::sync::atomic::Ordering::Relaxed);
     let issued = now.saturating_sub(300);
     let oid = ids::guid(&["serviceprincipal", &app.client_id.to_ascii_lowercase()]);
     let iss = format!("https://sts.windows.net/{}/", sim.tenant_id);
@@ -394,7 +627,7 @@ fn issue_token(sim: &Sim, tenant: &str, body: &[u8]) -> Result<(String, Value), 
         iss: iss.clone(),
         iat: issued,
         nbf: issued,
-        exp: now + sim.token_lifetime_secs,
+        exp: now + lifetime,
         app_displayname: app.display_name.clone(),
         appid: app.client_id.clone(),
         appidacr: "1".into(),
@@ -412,8 +645,8 @@ fn issue_token(sim: &Sim, tenant: &str, body: &[u8]) -> Result<(String, Value), 
         app.client_id.clone(),
         json!({
             "token_type": "Bearer",
-            "expires_in": sim.token_lifetime_secs,
-            "ext_expires_in": sim.token_lifetime_secs,
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
             "access_token": token,
         }),
     ))
