@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::error::{body_snippet, parse_graph_error, Error, Result};
 use crate::http::{classify_send_error, display_url, send_buffered, HttpClient};
+use crate::limiter::{Limiter, Workload};
 use crate::retry::{self, header_str, AttemptError, Buffered, Call, RetryPolicy, WireResponse};
 use crate::token::{AccessToken, Audience, TokenProvider};
 
@@ -101,12 +102,14 @@ struct Page<T> {
 /// `InvalidAuthenticationToken` drops the token, fetches a new one and runs once more.
 ///
 /// Returns the final response, which may still be an error status for the caller to map;
-/// a 401 that survives the refresh is returned as [`Error::Api`].
-pub(crate) async fn with_auth<R, F, Fut>(
+/// a 401 that survives the refresh is returned as [`Error::Api`]. With `admission`, each
+/// attempt first waits for that workload's budget and fences ([`retry::run_admitted`]).
+pub(crate) async fn with_auth_admitted<R, F, Fut>(
     tokens: &TokenProvider,
     policy: &RetryPolicy,
     call: Call<'_>,
     auth: bool,
+    admission: Option<(&Limiter, &Workload)>,
     attempt: F,
 ) -> Result<R>
 where
@@ -121,7 +124,7 @@ where
         let attempt = &attempt;
         let used_ref = &used;
         let audience_ref = &audience;
-        let resp = retry::run(policy, call, move |_| async move {
+        let resp = retry::run_admitted(policy, call, admission, move |_| async move {
             let token = if auth {
                 let token = tokens.token(audience_ref).await?;
                 *used_ref.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -364,6 +367,17 @@ impl GraphClient {
         headers
     }
 
+    /// The throttling workload of an authenticated Graph request (none for pre-authenticated
+    /// download and upload URLs, which Microsoft does not meter per app, nor for URLs outside
+    /// the Graph base).
+    pub(crate) fn workload(&self, req: &Req) -> Option<Workload> {
+        if !req.auth || req.url.origin() != self.base.origin() {
+            return None;
+        }
+        let path = req.url.path().strip_prefix(self.base.path())?;
+        Workload::classify(req.method.as_str(), path, req.url.query())
+    }
+
     fn request_timeout(&self) -> Duration {
         self.shared.http.options().request_timeout
     }
@@ -371,7 +385,8 @@ impl GraphClient {
     /// Sends `req`, reading the whole body; any status is returned.
     pub(crate) async fn send_buffered_any(&self, req: &Req) -> Result<Buffered> {
         let http = self.shared.http.reqwest();
-        with_auth(
+        let workload = self.workload(req);
+        with_auth_admitted(
             &self.shared.tokens,
             &self.shared.http.options().retry,
             Call {
@@ -381,6 +396,7 @@ impl GraphClient {
                 counter: &self.shared.requests,
             },
             req.auth,
+            workload.as_ref().map(|w| (self.shared.http.limiter(), w)),
             move |token| {
                 let mut rb = http
                     .request(req.method.clone(), req.url.clone())
@@ -420,7 +436,8 @@ impl GraphClient {
     /// Sends `req` and returns the response with its body unread (for downloads); any status.
     pub(crate) async fn send_streaming(&self, req: &Req) -> Result<reqwest::Response> {
         let http = self.shared.http.reqwest();
-        with_auth(
+        let workload = self.workload(req);
+        with_auth_admitted(
             &self.shared.tokens,
             &self.shared.http.options().retry,
             Call {
@@ -430,6 +447,7 @@ impl GraphClient {
                 counter: &self.shared.requests,
             },
             req.auth,
+            workload.as_ref().map(|w| (self.shared.http.limiter(), w)),
             move |token| {
                 let mut rb = http
                     .request(req.method.clone(), req.url.clone())

@@ -11,9 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use crate::client::{api_error, refetch_broken_json, with_auth, GraphClient};
+use crate::client::{api_error, refetch_broken_json, with_auth_admitted, GraphClient};
 use crate::error::{error_chain, Error, Result};
 use crate::http::{display_url, HttpClient, HttpOptions, USER_AGENT};
+use crate::limiter::Workload;
 use crate::retry::{AttemptError, Buffered, Call, RetryClass};
 use crate::token::TokenProvider;
 
@@ -91,6 +92,8 @@ impl Directory for RestDirectory {
 /// building and sending through its own reqwest 0.12 client, with its retry layers left off.
 pub struct SdkDirectory {
     tokens: Arc<TokenProvider>,
+    /// For its admission control (the throttling limits are per process, not per client).
+    http: HttpClient,
     options: HttpOptions,
     base: Url,
     requests: AtomicU64,
@@ -122,6 +125,7 @@ impl SdkDirectory {
         }
         SdkDirectory {
             tokens,
+            http: http.clone(),
             options: http.options().clone(),
             base,
             requests: AtomicU64::new(0),
@@ -179,7 +183,11 @@ impl SdkDirectory {
     async fn get_once(&self, id: &str, lookup: Lookup) -> Result<(String, bytes::Bytes)> {
         let shown = self.shown(id, lookup);
         let shown_ref = shown.as_str();
-        let resp: Buffered = with_auth(
+        // A drive lookup costs 1 SharePoint resource unit: it goes through admission control
+        // like every other OneDrive request of the process.
+        let workload = matches!(lookup, Lookup::UserDrive)
+            .then_some(Workload::SharePoint { resource_units: 1 });
+        let resp: Buffered = with_auth_admitted(
             &self.tokens,
             &self.options.retry,
             Call {
@@ -189,6 +197,7 @@ impl SdkDirectory {
                 counter: &self.requests,
             },
             true,
+            workload.as_ref().map(|w| (self.http.limiter(), w)),
             move |token| async move {
                 let token = token.expect("auth requested");
                 let client = self.sdk_client(token.secret());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::limiter::{Limiter, ThrottleOptions, ThrottleStats};
 use crate::retry::RetryPolicy;
 
 /// The `User-Agent` every request carries: `ISV|m365bk|m365bk/<version>`, the form Microsoft
@@ -26,6 +27,10 @@ pub struct HttpOptions {
     pub download_resumes: u32,
     /// Retry/throttle bounds used by every call.
     pub retry: RetryPolicy,
+    /// Microsoft's per-workload limits (Outlook per mailbox, SharePoint resource units per
+    /// tenant, Teams per team), kept by admission control in front of the retry layer.
+    /// Default: Microsoft's published limits.
+    pub throttle: ThrottleOptions,
 }
 
 impl Default for HttpOptions {
@@ -36,6 +41,7 @@ impl Default for HttpOptions {
             read_timeout: Duration::from_secs(60),
             download_resumes: 5,
             retry: RetryPolicy::default(),
+            throttle: ThrottleOptions::default(),
         }
     }
 }
@@ -49,6 +55,7 @@ pub struct HttpClient(Arc<HttpInner>);
 struct HttpInner {
     client: reqwest::Client,
     options: HttpOptions,
+    limiter: Limiter,
 }
 
 impl HttpClient {
@@ -72,7 +79,12 @@ impl HttpClient {
                     crate::error::error_chain(&e)
                 ),
             })?;
-        Ok(HttpClient(Arc::new(HttpInner { client, options })))
+        let limiter = Limiter::new(options.throttle.clone());
+        Ok(HttpClient(Arc::new(HttpInner {
+            client,
+            options,
+            limiter,
+        })))
     }
 
     /// The settings this client was built with.
@@ -82,6 +94,16 @@ impl HttpClient {
 
     pub(crate) fn reqwest(&self) -> &reqwest::Client {
         &self.0.client
+    }
+
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.0.limiter
+    }
+
+    /// What admission control did so far: requests admitted, delayed (waiting for a budget,
+    /// a mailbox slot or a fence) and for how long in total, fences set after a 429.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.0.limiter.stats()
     }
 }
 

@@ -13,6 +13,7 @@ use rand::Rng;
 use reqwest::header::HeaderMap;
 
 use crate::error::{parse_graph_error, Error, Result};
+use crate::limiter::{Limiter, RateLimit, Workload};
 
 /// Bounds for retrying throttled and failed requests.
 ///
@@ -178,9 +179,23 @@ pub(crate) struct Call<'a> {
 /// budget is spent. `attempt` gets the attempt number (1-based).
 ///
 /// Returns the response (any non-retryable status, success or not) for the caller to map.
-pub(crate) async fn run<R, F, Fut>(
+pub(crate) async fn run<R, F, Fut>(policy: &RetryPolicy, call: Call<'_>, attempt: F) -> Result<R>
+where
+    R: WireResponse,
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = std::result::Result<R, AttemptError>>,
+{
+    run_admitted(policy, call, None, attempt).await
+}
+
+/// [`run`] with admission control: before each attempt, `admission`'s workload waits for its
+/// budget and fences ([`Limiter::admit`]); each answer's `RateLimit-*` headers are read, and a
+/// 429 fences the workload for the delay waited (the greater of `Retry-After` and
+/// `RateLimit-Reset`), so that its other requests pause too while other workloads go on.
+pub(crate) async fn run_admitted<R, F, Fut>(
     policy: &RetryPolicy,
     call: Call<'_>,
+    admission: Option<(&Limiter, &Workload)>,
     mut attempt: F,
 ) -> Result<R>
 where
@@ -193,15 +208,34 @@ where
     let mut n = 0u32;
     loop {
         n += 1;
+        let slot = match admission {
+            Some((limiter, workload)) => Some(limiter.admit(workload).await),
+            None => None,
+        };
         call.counter.fetch_add(1, Ordering::Relaxed);
-        let delay = match attempt(n).await {
+        let outcome = attempt(n).await;
+        drop(slot);
+        let delay = match outcome {
             Ok(resp) => {
                 let status = resp.status();
+                if let Some((limiter, workload)) = admission {
+                    limiter.observe(workload, resp.headers());
+                }
                 if !is_retryable_status(status) {
                     return Ok(resp);
                 }
                 let retry_after = header_str(resp.headers(), "retry-after")
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                // SharePoint: when `RateLimit-Reset` is longer than `Retry-After`, Microsoft
+                // says to honour the greater of the two.
+                let reset = (status == 429)
+                    .then(|| RateLimit::parse(resp.headers()))
+                    .flatten()
+                    .map(|r| Duration::from_secs(r.reset_secs));
+                let retry_after = match (retry_after, reset) {
+                    (Some(a), Some(r)) => Some(a.max(r)),
+                    (a, r) => a.or(r),
+                };
                 let request_id = header_str(resp.headers(), "request-id").map(str::to_owned);
                 let body = resp.into_body().await;
                 let code = parse_graph_error(&body)
@@ -218,6 +252,11 @@ where
                     "Microsoft throttled or deferred the request"
                 );
                 let delay = retry_after.unwrap_or_else(|| policy.backoff(n));
+                if status == 429 {
+                    if let Some((limiter, workload)) = admission {
+                        limiter.fence(workload, delay);
+                    }
+                }
                 if n >= max_attempts || waited + delay > policy.max_total_wait {
                     return Err(Error::Throttled {
                         url: call.url.to_owned(),

@@ -162,6 +162,7 @@ mod support {
             read_timeout: Duration::from_secs(5),
             download_resumes: 3,
             retry: policy,
+            ..HttpOptions::default()
         })
         .unwrap()
     }

@@ -20,7 +20,7 @@
 //! answer 429 `activityLimitReached` with `Retry-After` beyond it. Only authenticated Graph
 //! requests are metered (pre-authenticated download and upload URLs carry no app id).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -370,6 +370,21 @@ struct ThrottleCounters {
     outlook_concurrency: u64,
     outlook_rate: u64,
     onedrive: u64,
+    /// Outlook requests admitted by the model (all mailboxes).
+    outlook_admitted: u64,
+    /// The most Outlook requests one mailbox ever had in flight at once.
+    outlook_peak_in_flight: u32,
+    /// OneDrive requests admitted by the model, and the resource units they cost.
+    onedrive_admitted: u64,
+    onedrive_resource_units: u64,
+}
+
+/// What the throttling model saw of one mailbox.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct MailboxCounters {
+    peak_in_flight: u32,
+    admitted: u64,
+    throttled: u64,
 }
 
 /// The configured faults, their counters, and what the throttling model remembers.
@@ -383,6 +398,9 @@ pub(crate) struct FaultState {
     /// Download URL tokens a `download_url_expired` fault expired.
     expired_downloads: HashSet<String>,
     outlook_in_flight: HashMap<String, u32>,
+    /// Per mailbox (`app/mailbox`): the most requests in flight at once, requests admitted,
+    /// requests throttled.
+    outlook_mailboxes: BTreeMap<String, MailboxCounters>,
     outlook_recent: HashMap<String, VecDeque<Instant>>,
     onedrive_recent: HashMap<String, VecDeque<(Instant, u32)>>,
     throttled: ThrottleCounters,
@@ -397,6 +415,7 @@ impl FaultState {
             expired_tokens: HashSet::new(),
             expired_downloads: HashSet::new(),
             outlook_in_flight: HashMap::new(),
+            outlook_mailboxes: BTreeMap::new(),
             outlook_recent: HashMap::new(),
             onedrive_recent: HashMap::new(),
             throttled: ThrottleCounters::default(),
@@ -413,6 +432,7 @@ impl FaultState {
             .map(|i| StdRng::seed_from_u64(config.seed.wrapping_add(i as u64)))
             .collect();
         self.throttled = ThrottleCounters::default();
+        self.outlook_mailboxes.clear();
         self.outlook_recent.clear();
         self.onedrive_recent.clear();
         self.config = config;
@@ -443,6 +463,7 @@ impl FaultState {
             "rules": rules,
             "throttling": self.config.throttling,
             "throttled": self.throttled,
+            "outlook_mailboxes": self.outlook_mailboxes,
         })
     }
 
@@ -1011,16 +1032,23 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
     };
     let Some(app) = app else { return pass };
     let limits = sim.faults().config.throttling.clone();
-    if let Some(o) = &limits.outlook {
-        let Some(mailbox) = outlook_mailbox(sim, info) else {
-            return pass;
-        };
+    // A request is Outlook's (a mailbox) or OneDrive's (resource units), never both: each
+    // model applies to its own requests, both at once when both are configured.
+    let mailbox = limits
+        .outlook
+        .as_ref()
+        .and_then(|_| outlook_mailbox(sim, info));
+    if let (Some(o), Some(mailbox)) = (&limits.outlook, mailbox) {
         let key = format!("{app}/{mailbox}");
         let now = Instant::now();
         let window = Duration::from_secs(o.window_secs);
         let mut st = sim.faults();
         if st.outlook_in_flight.get(&key).copied().unwrap_or(0) >= o.concurrent_requests {
             st.throttled.outlook_concurrency += 1;
+            st.outlook_mailboxes
+                .entry(key.clone())
+                .or_default()
+                .throttled += 1;
             drop(st);
             return Throttle::Reject(
                 outlook_throttled(ctx, "MailboxConcurrency", &o.concurrency_retry_after),
@@ -1040,6 +1068,10 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
                 .map(|t| window.saturating_sub(now.duration_since(*t)))
                 .unwrap_or(window);
             st.throttled.outlook_rate += 1;
+            st.outlook_mailboxes
+                .entry(key.clone())
+                .or_default()
+                .throttled += 1;
             drop(st);
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Throttle::Reject(
@@ -1048,7 +1080,14 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
             );
         }
         recent.push_back(now);
-        *st.outlook_in_flight.entry(key.clone()).or_insert(0) += 1;
+        let in_flight = st.outlook_in_flight.entry(key.clone()).or_insert(0);
+        *in_flight += 1;
+        let in_flight = *in_flight;
+        st.throttled.outlook_admitted += 1;
+        st.throttled.outlook_peak_in_flight = st.throttled.outlook_peak_in_flight.max(in_flight);
+        let m = st.outlook_mailboxes.entry(key.clone()).or_default();
+        m.admitted += 1;
+        m.peak_in_flight = m.peak_in_flight.max(in_flight);
         drop(st);
         return Throttle::Pass {
             guard: Some(InFlight {
@@ -1116,6 +1155,8 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
         // Microsoft sends the RateLimit headers once 80 % of the budget is used.
         let headers = (u64::from(used) * 5 >= u64::from(limit) * 4)
             .then(|| (limit, limit - used, reset_in(recent).as_secs().max(1)));
+        st.throttled.onedrive_admitted += 1;
+        st.throttled.onedrive_resource_units += u64::from(cost);
         return Throttle::Pass {
             guard: None,
             rate_limit_headers: headers,

@@ -55,7 +55,7 @@
 //!   ([`ThrottlingConfig`]: Outlook's 4 concurrent / 10,000 per 10 minutes per mailbox,
 //!   OneDrive's resource units per minute with `RateLimit-*` headers), all off by default.
 //! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
-//!   `seq, method, path, status, app_id, authorization_header, bytes_out, fault`, plus
+//!   `seq, at_ms, method, path, status, app_id, authorization_header, bytes_out, fault`, plus
 //!   `fault_rule` for a rule's fault; `/_sim/` calls are not logged),
 //!   `GET|PUT|DELETE B/_sim/admin/faults` (PUT a JSON array of rules or a `[faults]`-shaped
 //!   object; GET returns it with each rule's `matched`/`injected` and `throttled` counters), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,

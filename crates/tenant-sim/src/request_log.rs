@@ -19,6 +19,8 @@ use crate::wire::{AppId, Ctx};
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LogEntry {
     pub seq: u64,
+    /// When the request arrived, in milliseconds since the simulator started.
+    pub at_ms: u64,
     pub method: String,
     /// Path and query as received.
     pub path: String,
@@ -56,6 +58,7 @@ pub(crate) async fn middleware(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let at_ms = sim.started.elapsed().as_millis() as u64;
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -114,6 +117,7 @@ pub(crate) async fn middleware(
     let label = resp.extensions().get::<FaultLabel>().cloned();
     sim.log().push(LogEntry {
         seq: 0,
+        at_ms,
         method,
         path,
         status: resp.status().as_u16(),
