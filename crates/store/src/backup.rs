@@ -391,25 +391,30 @@ impl Session {
                 .map(|()| id),
             Err(e) => Err(e),
         };
-        let mut state = self.state.lock().expect("session lock");
-        match written {
-            Ok(id) => {
-                let mut index = repo.index.write().expect("index lock");
-                for pack in &packs {
-                    index.add_pack(pack);
-                    for blob in &pack.blobs {
-                        state.claimed.remove(&blob.id);
+        // Adding packs to the index, and merging its in-memory part into the on-disk table
+        // when it has grown large, is serialized with index refreshes.
+        let _index_changes = repo.index_refresh.lock().await;
+        {
+            let mut state = self.state.lock().expect("session lock");
+            match written {
+                Ok(id) => {
+                    let mut index = repo.index.write().expect("index lock");
+                    for pack in &packs {
+                        index.add_pack(pack);
+                        for blob in &pack.blobs {
+                            state.claimed.remove(&blob.id);
+                        }
                     }
+                    index.mark_file(id);
+                    tracing::debug!(index = %id, packs = packs.len(), "index written");
                 }
-                index.mark_file(id);
-                tracing::debug!(index = %id, packs = packs.len(), "index written");
-                Ok(())
-            }
-            Err(e) => {
-                state.unindexed.extend(packs);
-                Err(e)
+                Err(e) => {
+                    state.unindexed.extend(packs);
+                    return Err(e);
+                }
             }
         }
+        repo.index_grew().await
     }
 }
 

@@ -82,9 +82,11 @@ mod chunker;
 mod config;
 mod crypto;
 mod error;
+mod filter;
 mod format;
 mod id;
 mod index;
+mod index_cache;
 mod keys;
 mod pack;
 mod repository;
@@ -95,6 +97,9 @@ pub use catalog::{Catalog, ItemRow, JobRun, SnapshotRow, SyncStats};
 pub use check::{CheckOptions, CheckProblem, CheckReport};
 pub use error::{Error, Result};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
+pub use index::default_cache_dir;
+#[doc(hidden)]
+pub use index::BenchBlob;
 pub use keys::{KdfParams, KeyInfo};
 pub use repository::{Encryption, InitOptions, RepoStats, Repository};
 /// Passphrases are passed as `secrecy`'s `SecretString` (zeroed on drop, redacted in `Debug`).

@@ -19,8 +19,9 @@ use crate::config::{RepoConfig, CONFIG_NAME};
 use crate::crypto::{SealingKey, KEY_LEN};
 use crate::error::{Error, Result};
 use crate::format::{self, Codec, ObjectKind, ENVELOPE_PLAIN, FORMAT_VERSION};
-use crate::id::{BlobId, IndexId, KeyId, SnapshotId};
-use crate::index::{self, Index, Located};
+use crate::id::{BlobId, KeyId, SnapshotId};
+use crate::index::{Index, Located};
+use crate::index_cache::CacheLocation;
 use crate::keys::{self, KdfParams};
 use crate::pack::pack_path;
 use crate::snapshot::{self, ContentRef, Item, Snapshot};
@@ -53,7 +54,10 @@ pub(crate) struct RepoInner {
     pub chunker: Chunker,
     /// Index files merged so far (by this process: loaded or written).
     pub index: RwLock<Index>,
-    index_refresh: tokio::sync::Mutex<()>,
+    /// Held by whoever adds packs to the index or rewrites its table (refresh, commit).
+    pub(crate) index_refresh: tokio::sync::Mutex<()>,
+    /// Where the index keeps its on-disk table ([`Repository::set_index_cache_dir`]).
+    pub(crate) index_location: Mutex<CacheLocation>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -386,6 +390,7 @@ impl Repository {
                 key,
                 index: RwLock::new(Index::default()),
                 index_refresh: tokio::sync::Mutex::new(()),
+                index_location: Mutex::new(CacheLocation::Temporary),
             }),
         }
     }
@@ -595,50 +600,14 @@ impl RepoInner {
         snapshot::decode_snapshot(&self.codec, &id, &bytes)
     }
 
-    /// Merges index files that are not in memory yet.
+    /// Merges index files that are not in the index yet (see `index.rs`,
+    /// `RepoInner::refresh_index_locked`).
     ///
     /// # Errors
     /// The first damaged or unreadable index file.
     pub(crate) async fn refresh_index(&self) -> Result<()> {
         let _one_at_a_time = self.index_refresh.lock().await;
-        let names = self.list_names("index").await?;
-        let new: Vec<IndexId> = {
-            let index = self.index.read().expect("index lock");
-            names
-                .iter()
-                .filter_map(|(name, _)| name.parse::<IndexId>().ok())
-                .filter(|id| !index.has_file(id))
-                .collect()
-        };
-        if new.is_empty() {
-            return Ok(());
-        }
-        let loaded: Vec<(IndexId, Vec<index::IndexPack>)> = futures::stream::iter(new)
-            .map(|id| async move {
-                let bytes = self.get("index", &index::index_path(&id)).await?;
-                let codec = self.codec.clone();
-                let packs =
-                    tokio::task::spawn_blocking(move || index::decode_index(&codec, &id, &bytes))
-                        .await
-                        .map_err(Error::join)??;
-                Ok::<_, Error>((id, packs))
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut index = self.index.write().expect("index lock");
-        for (id, packs) in loaded {
-            for pack in &packs {
-                index.add_pack(pack);
-            }
-            index.mark_file(id);
-        }
-        tracing::debug!(
-            blobs = index.blob_count(),
-            packs = index.packs().len(),
-            "index loaded"
-        );
-        Ok(())
+        self.refresh_index_locked().await
     }
 
     fn locate(&self, id: &BlobId) -> Option<Located> {
