@@ -25,6 +25,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    // object_store's cloud clients bring rustls with aws-lc-rs, graph-rs-sdk brings ring: with
+    // both compiled in, rustls has no default provider and would panic at the first TLS
+    // connection. Pick aws-lc-rs once, before any client is built (Err: already installed).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Repository objects, the catalog (item paths, mail subjects) and restore scratch files are
     // for the backup operator only, whatever umask the shell had (the systemd unit sets the
     // same with UMask=0077).

@@ -92,12 +92,16 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         .to_string();
     std::fs::write(
         &env.config,
-        good.replace(&repo_line, "url = \"s3://bucket/m365bk\""),
+        good.replace(&repo_line, "url = \"ftp://bucket/m365bk\""),
     )
     .unwrap();
     let run = env.run(&["snapshots"]).await;
     assert_eq!(run.code, 78, "{}", run.stderr);
-    assert!(run.stderr.contains("s3"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown scheme ftp://"),
+        "{}",
+        run.stderr
+    );
     std::fs::write(
         &env.config,
         good.replace("[repository]", "[repository]\ncompression = \"max\""),

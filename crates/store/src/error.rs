@@ -28,15 +28,60 @@ pub enum Error {
         location: String,
     },
 
-    /// The location is not a filesystem path or `file://` URL.
+    /// The location is not a filesystem path, `file://`, `s3://`, `az://`/`azure://` or `gs://`
+    /// URL, or is malformed.
     #[error(
-        "cannot use {location:?} as a repository location ({detail}): give a filesystem path or a file:// URL"
+        "cannot use {location:?} as a repository location ({detail}): give a filesystem path, file:///PATH, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX in repository.url"
     )]
     UnsupportedLocation {
         /// The location as given.
         location: String,
         /// Why it was rejected.
         detail: String,
+    },
+
+    /// A cloud backend cannot be set up from the settings: an unknown, secret or reserved
+    /// option in `[repository.options]`, an unreadable credential file, or settings its builder
+    /// refuses (no account name for Azure, say). Nothing was sent.
+    #[error("cannot set up the {backend} backend for {location}: {detail}. To fix: {hint}; options go in [repository.options] (see config/m365bk.example.toml)")]
+    BackendConfig {
+        /// The location as given.
+        location: String,
+        /// Its backend.
+        backend: crate::Backend,
+        /// What is wrong.
+        detail: String,
+        /// Where the settings and credentials come from.
+        hint: &'static str,
+    },
+
+    /// The bucket or container a location names does not exist (or the credentials cannot
+    /// see it). m365bk never creates buckets: that needs more rights than a backup should hold.
+    #[error(
+        "the {noun} {container:?} of repository {location} does not exist, or these credentials cannot see it: create it first (aws s3 mb s3://NAME, az storage container create --name NAME, gcloud storage buckets create gs://NAME), or fix repository.url"
+    )]
+    ContainerNotFound {
+        /// The location as given.
+        location: String,
+        /// `"bucket"` or `"container"`.
+        noun: &'static str,
+        /// Its name.
+        container: String,
+    },
+
+    /// The backend refused the request: credentials missing, wrong or without permission
+    /// (HTTP 401/403, or a local permission error).
+    #[error(
+        "the storage backend refused to {operation} {name} ({source}): the credentials are missing or wrong, or may not {operation} in this bucket, container or directory. Check them: $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY for s3://, $AZURE_STORAGE_ACCOUNT_NAME/$AZURE_STORAGE_ACCOUNT_KEY for az://, $GOOGLE_SERVICE_ACCOUNT for gs:// (or the systemd credentials named in the README), the directory's owner and mode for a local path"
+    )]
+    AccessDenied {
+        /// `"read"`, `"write"`, `"list"`, `"stat"`, `"delete"`.
+        operation: &'static str,
+        /// Object name or prefix.
+        name: String,
+        /// The backend's error.
+        #[source]
+        source: object_store::Error,
     },
 
     /// The repository is encrypted and no passphrase was given.
@@ -303,10 +348,18 @@ impl Error {
         name: impl Into<String>,
     ) -> impl FnOnce(object_store::Error) -> Error {
         let name = name.into();
-        move |source| Error::Backend {
-            operation,
-            name,
-            source,
+        move |source| match source {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Error::AccessDenied {
+                operation,
+                name,
+                source,
+            },
+            source => Error::Backend {
+                operation,
+                name,
+                source,
+            },
         }
     }
 

@@ -2,8 +2,9 @@
 //! and the SQLite catalog that caches it.
 //!
 //! - [`Repository`]: [`init`](Repository::init) / [`open`](Repository::open) a repository
-//!   (local directory or `file://` URL; any [`object_store::ObjectStore`] via
-//!   [`Repository::open_with_store`]), list and read snapshots, [`check`](Repository::check) it.
+//!   at a [`Location`] (a local directory, `file://`, `s3://`, `az://` or `gs://` URL, with
+//!   [`BackendOptions`]; any [`object_store::ObjectStore`] via [`Repository::open_with_store`]),
+//!   list and read snapshots, [`check`](Repository::check) it.
 //!   Encrypted by default ([`InitOptions`], [`Encryption`]): every object sealed with
 //!   XChaCha20-Poly1305 under a random master key that key slots wrap, one per passphrase,
 //!   with Argon2id ([`KdfParams`]); [`Repository::add_key`], [`Repository::list_keys`],
@@ -88,6 +89,7 @@ mod id;
 mod index;
 mod index_cache;
 mod keys;
+mod location;
 mod pack;
 mod repository;
 mod snapshot;
@@ -101,6 +103,7 @@ pub use index::default_cache_dir;
 #[doc(hidden)]
 pub use index::BenchBlob;
 pub use keys::{KdfParams, KeyInfo};
+pub use location::{Backend, BackendOptions, Location, RetryOptions, CREDENTIAL_FILES};
 pub use repository::{Encryption, InitOptions, RepoStats, Repository};
 /// Passphrases are passed as `secrecy`'s `SecretString` (zeroed on drop, redacted in `Debug`).
 pub use secrecy::SecretString;

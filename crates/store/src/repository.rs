@@ -1,11 +1,9 @@
 //! Opening and reading a repository.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use secrecy::SecretString;
@@ -23,6 +21,7 @@ use crate::id::{BlobId, KeyId, SnapshotId};
 use crate::index::{Index, Located};
 use crate::index_cache::CacheLocation;
 use crate::keys::{self, KdfParams};
+use crate::location::{BackendOptions, Location};
 use crate::pack::pack_path;
 use crate::snapshot::{self, ContentRef, Item, Snapshot};
 
@@ -127,37 +126,6 @@ pub struct RepoStats {
     pub total_bytes: u64,
 }
 
-/// Resolves a location to an absolute directory path.
-fn local_path(location: &str) -> Result<PathBuf> {
-    let unsupported = |detail: &str| Error::UnsupportedLocation {
-        location: location.to_owned(),
-        detail: detail.to_owned(),
-    };
-    if location.starts_with("file:") {
-        let url = url::Url::parse(location).map_err(|e| unsupported(&e.to_string()))?;
-        return url
-            .to_file_path()
-            .map_err(|()| unsupported("not an absolute local file URL"));
-    }
-    if let Some((scheme, _)) = location.split_once("://") {
-        return Err(unsupported(&format!(
-            "the {scheme}:// scheme is not supported yet"
-        )));
-    }
-    if location.is_empty() {
-        return Err(unsupported("empty location"));
-    }
-    let path = PathBuf::from(location);
-    if path.is_absolute() {
-        return Ok(path);
-    }
-    let cwd = std::env::current_dir().map_err(|source| Error::Io {
-        path: ".".to_owned(),
-        source,
-    })?;
-    Ok(cwd.join(path))
-}
-
 #[cfg(unix)]
 fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -168,41 +136,54 @@ fn sync_dir(_dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn local_store(path: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
-    let store = LocalFileSystem::new_with_prefix(path)
-        .map_err(Error::backend("open", path.display().to_string()))?
-        .with_fsync(true);
-    Ok(Arc::new(store))
-}
-
 impl Repository {
-    /// Creates a repository at `location`: `"file:///abs/path"` or a filesystem path (relative
-    /// paths are resolved against the current directory). Creates the directory if needed and
-    /// writes a `config` object with a fresh repository id, blob-id key and chunker seed; with
-    /// [`Encryption::Passphrase`], first a key slot holding a fresh random master key, and the
-    /// `config` sealed with it.
+    /// Creates a repository at `location` (see [`Location::parse`] for the forms: a
+    /// filesystem path, `file:///abs/path`, `s3://bucket/prefix`, `az://container/prefix`,
+    /// `gs://bucket/prefix`), with default [`BackendOptions`] (cloud settings and secrets from
+    /// the standard environment variables only). Creates a local directory if needed, never a
+    /// bucket or container. Writes a `config` object with a fresh repository id, blob-id key
+    /// and chunker seed; with [`Encryption::Passphrase`], first a key slot holding a fresh
+    /// random master key, and the `config` sealed with it.
     ///
     /// # Errors
     /// [`Error::RepositoryExists`] if a `config` object is already there (nothing is written
-    /// then), [`Error::UnsupportedLocation`], [`Error::Io`] if the directory cannot be created,
-    /// [`Error::InvalidKdfParams`], [`Error::EmptyPassphrase`], [`Error::Backend`].
+    /// then), [`Error::UnsupportedLocation`], [`Error::BackendConfig`],
+    /// [`Error::ContainerNotFound`], [`Error::AccessDenied`], [`Error::Io`] if the directory
+    /// cannot be created, [`Error::InvalidKdfParams`], [`Error::EmptyPassphrase`],
+    /// [`Error::Backend`].
     pub async fn init(location: &str, opts: InitOptions) -> Result<Repository> {
-        let path = local_path(location)?;
-        let existed = path.is_dir();
-        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        if !existed {
-            // Make the new directory's entry durable; object_store fsyncs from here down.
-            if let Some(parent) = path.parent() {
-                sync_dir(parent).map_err(|source| Error::Io {
-                    path: parent.display().to_string(),
-                    source,
-                })?;
+        Self::init_with_backend(location, &BackendOptions::default(), opts).await
+    }
+
+    /// Like [`Repository::init`], with settings for cloud backends (options, retries,
+    /// credential files).
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub async fn init_with_backend(
+        location: &str,
+        backend: &BackendOptions,
+        opts: InitOptions,
+    ) -> Result<Repository> {
+        let parsed = Location::parse(location)?;
+        if let Some(path) = parsed.local_path() {
+            let existed = path.is_dir();
+            std::fs::create_dir_all(path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if !existed {
+                // Make the new directory's entry durable; object_store fsyncs from here down.
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent).map_err(|source| Error::Io {
+                        path: parent.display().to_string(),
+                        source,
+                    })?;
+                }
             }
         }
-        Self::init_with_store(local_store(&path)?, location, opts).await
+        let store = parsed.open_store(backend)?;
+        Self::init_in(store, location, Some(&parsed), opts).await
     }
 
     /// Like [`Repository::init`], on any object store (`location` is only used in messages).
@@ -216,7 +197,18 @@ impl Repository {
         location: &str,
         opts: InitOptions,
     ) -> Result<Repository> {
+        Self::init_in(store, location, None, opts).await
+    }
+
+    async fn init_in(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+        parsed: Option<&Location>,
+        opts: InitOptions,
+    ) -> Result<Repository> {
         let config_path = Path::from(CONFIG_NAME);
+        // A missing bucket would otherwise fail later, at the first write, as "not found".
+        probe_container(&*store, location, parsed).await?;
         let exists = || Error::RepositoryExists {
             location: location.to_owned(),
         };
@@ -268,23 +260,41 @@ impl Repository {
     }
 
     /// Opens the repository at `location` (see [`Repository::init`] for the forms) with the
-    /// passphrase of one of its key slots (`None` for a repository made without encryption).
-    /// Repositories of format version 1 (plaintext) open too.
+    /// passphrase of one of its key slots (`None` for a repository made without encryption),
+    /// with default [`BackendOptions`]. Repositories of format version 1 (plaintext) open too.
     ///
     /// # Errors
     /// [`Error::RepositoryNotFound`] if there is no `config` object (or no directory),
+    /// [`Error::ContainerNotFound`] if the bucket or container does not exist,
     /// [`Error::PassphraseRequired`] if it is encrypted and `passphrase` is `None`,
     /// [`Error::WrongPassphrase`] if the passphrase opens no key slot (nothing is written),
     /// [`Error::NoKeySlot`], [`Error::UnsupportedVersion`] if it was made by a newer m365bk,
-    /// [`Error::CorruptObject`] if `config` is damaged, [`Error::Backend`].
+    /// [`Error::CorruptObject`] if `config` is damaged, [`Error::UnsupportedLocation`],
+    /// [`Error::BackendConfig`], [`Error::AccessDenied`], [`Error::Backend`].
     pub async fn open(location: &str, passphrase: Option<SecretString>) -> Result<Repository> {
-        let path = local_path(location)?;
-        if !path.is_dir() {
-            return Err(Error::RepositoryNotFound {
-                location: location.to_owned(),
-            });
+        Self::open_with_backend(location, &BackendOptions::default(), passphrase).await
+    }
+
+    /// Like [`Repository::open`], with settings for cloud backends (options, retries,
+    /// credential files).
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub async fn open_with_backend(
+        location: &str,
+        backend: &BackendOptions,
+        passphrase: Option<SecretString>,
+    ) -> Result<Repository> {
+        let parsed = Location::parse(location)?;
+        if let Some(path) = parsed.local_path() {
+            if !path.is_dir() {
+                return Err(Error::RepositoryNotFound {
+                    location: location.to_owned(),
+                });
+            }
         }
-        Self::open_with_store(local_store(&path)?, location, passphrase).await
+        let store = parsed.open_store(backend)?;
+        Self::open_in(store, location, Some(&parsed), passphrase).await
     }
 
     /// Like [`Repository::open`], on any object store (`location` is only used in messages).
@@ -296,15 +306,25 @@ impl Repository {
         location: &str,
         passphrase: Option<SecretString>,
     ) -> Result<Repository> {
+        Self::open_in(store, location, None, passphrase).await
+    }
+
+    async fn open_in(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+        parsed: Option<&Location>,
+        passphrase: Option<SecretString>,
+    ) -> Result<Repository> {
         let bytes = match store.get(&Path::from(CONFIG_NAME)).await {
             Ok(r) => r
                 .bytes()
                 .await
                 .map_err(Error::backend("read", CONFIG_NAME))?,
             Err(object_store::Error::NotFound { .. }) => {
+                probe_container(&*store, location, parsed).await?;
                 return Err(Error::RepositoryNotFound {
                     location: location.to_owned(),
-                })
+                });
             }
             Err(e) => return Err(Error::backend("read", CONFIG_NAME)(e)),
         };
@@ -624,6 +644,50 @@ impl RepoInner {
         };
         fetch_blob(&*self.store, &self.codec, &self.key, located).await
     }
+}
+
+/// Fails with [`Error::ContainerNotFound`] if the store's bucket or container does not exist
+/// (listing its root says "not found"; an empty but existing one lists fine).
+async fn probe_container(
+    store: &dyn ObjectStore,
+    location: &str,
+    parsed: Option<&Location>,
+) -> Result<()> {
+    let missing = || Error::ContainerNotFound {
+        location: location.to_owned(),
+        noun: parsed.map_or("bucket or container", |l| l.backend().container_noun()),
+        container: parsed
+            .and_then(Location::container)
+            .unwrap_or(location)
+            .to_owned(),
+    };
+    match store.list_with_delimiter(None).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) => Err(missing()),
+        Err(e) if names_missing_bucket(&e) => Err(missing()),
+        Err(e) => Err(Error::backend("list", "/")(e)),
+    }
+}
+
+/// object_store reports a list of a missing bucket or container as a generic error around the
+/// HTTP 404 (its `RetryError` is private), so the service's documented error code in the
+/// response is the only sign: S3 `NoSuchBucket`
+/// (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html), Azure
+/// `ContainerNotFound` (https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes),
+/// GCS "The specified bucket does not exist.".
+fn names_missing_bucket(err: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.contains("<Code>NoSuchBucket</Code>")
+            || text.contains("<Code>ContainerNotFound</Code>")
+            || text.contains("The specified bucket does not exist")
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Parses a snapshot's item list (JSON Lines) as its bytes arrive.

@@ -892,11 +892,12 @@ mod locations {
         let reopened = Repository::open(&loc(&path), Some(pass())).await.unwrap();
         assert_eq!(reopened.id(), repo.id());
 
-        let err = Repository::open("s3://bucket/prefix", Some(pass()))
+        let err = Repository::open("ftp://host/prefix", Some(pass()))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::UnsupportedLocation { .. }), "{err}");
-        assert!(err.to_string().contains("s3://"), "{err}");
+        assert!(err.to_string().contains("unknown scheme ftp://"), "{err}");
+        assert!(err.to_string().contains("s3://BUCKET/PREFIX"), "{err}");
     }
 
     #[tokio::test]
