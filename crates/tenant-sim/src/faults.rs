@@ -18,7 +18,11 @@
 //! delta with a token, 2 for listings, delta without a token and writes, 5 for permission
 //! requests), send `RateLimit-Limit`/`-Remaining`/`-Reset` from 80 % of the budget on, and
 //! answer 429 `activityLimitReached` with `Retry-After` beyond it. Only authenticated Graph
-//! requests are metered (pre-authenticated download and upload URLs carry no app id).
+//! requests are metered (pre-authenticated download and upload URLs carry no app id). Both
+//! models apply at once when both are configured, each to its own requests. The fault report
+//! (`GET /_sim/admin/faults`) counts what the model admitted and refused (`throttled`: also
+//! `outlook_peak_in_flight`, `onedrive_resource_units`) and, per `app/mailbox`, the most
+//! requests it had in flight at once (`outlook_mailboxes`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
