@@ -163,6 +163,19 @@ async fn init_backup_restore_check_on_s3() {
     let run = env.run_env(&["snapshots"], &AWS_ENV).await;
     assert_eq!(run.code, 75, "{}", run.stderr);
 
+    // Credentials the server rejects (moto with IAM on knows no key): no permission, 77.
+    let strict = Server::moto_with_auth(2);
+    strict.create_bucket(BUCKET).await;
+    std::fs::write(&env.config, s3_config(&local, &url, &strict.endpoint)).unwrap();
+    let run = env.run_env(&["init"], &AWS_ENV).await;
+    assert_eq!(run.code, 77, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refused") && run.stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        run.stderr
+    );
+    drop(strict);
+
     // Back to the right settings: everything is still there.
     std::fs::write(&env.config, &good).unwrap();
     let listed = env

@@ -355,6 +355,11 @@ impl Error {
                 name,
                 source,
             },
+            source if matches!(http_status(&source), Some(401 | 403)) => Error::AccessDenied {
+                operation,
+                name,
+                source,
+            },
             source => Error::Backend {
                 operation,
                 name,
@@ -368,4 +373,24 @@ impl Error {
             detail: format!("background task failed: {err}"),
         }
     }
+}
+
+/// The HTTP status of a cloud request that failed with one, when object_store reports it only
+/// inside a `Generic` error (its list requests do: the `RetryError` carrying the status is
+/// private). Read from the message object_store 0.14 gives it, "Server returned non-2xx status
+/// code: 403 Forbidden: …", anywhere in the source chain.
+pub(crate) fn http_status(err: &object_store::Error) -> Option<u16> {
+    const MARK: &str = "non-2xx status code: ";
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if let Some(at) = text.find(MARK) {
+            let digits: String = text[at + MARK.len()..].chars().take(3).collect();
+            if let Ok(code) = digits.parse() {
+                return Some(code);
+            }
+        }
+        source = e.source();
+    }
+    None
 }

@@ -664,7 +664,10 @@ async fn probe_container(
     match store.list_with_delimiter(None).await {
         Ok(_) => Ok(()),
         Err(object_store::Error::NotFound { .. }) => Err(missing()),
-        Err(e) if names_missing_bucket(&e) => Err(missing()),
+        // Listing a prefix of an existing bucket never answers 404.
+        Err(e) if crate::error::http_status(&e) == Some(404) || names_missing_bucket(&e) => {
+            Err(missing())
+        }
         Err(e) => Err(Error::backend("list", "/")(e)),
     }
 }

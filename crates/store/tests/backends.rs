@@ -219,6 +219,27 @@ async fn s3_missing_bucket_and_unreachable_endpoint_are_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_rejected_credentials_are_named() {
+    install_crypto_provider();
+    // Authentication starts after the readiness probe and the bucket creation; moto's IAM
+    // knows no key then.
+    let server = Server::moto_with_auth(2);
+    server.create_bucket("m365bk").await;
+    let creds = moto_credentials();
+    let err =
+        Repository::init_with_backend("s3://m365bk/r", &s3_backend(&server, &creds), test_init())
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::AccessDenied { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("AWS_ACCESS_KEY_ID") && text.contains("AWS_SECRET_ACCESS_KEY"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_wrong_key_and_missing_container_are_named() {
     install_crypto_provider();
     let server = Server::azurite();

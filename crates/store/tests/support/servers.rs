@@ -130,6 +130,18 @@ impl Server {
         Server::spawn("moto_server", cmd, port)
     }
 
+    /// Starts moto with IAM authentication on after its first `unauthenticated` requests
+    /// (moto's `INITIAL_NO_AUTH_ACTION_COUNT`): later requests must be signed with a key moto's
+    /// IAM knows, so any other key gets HTTP 403.
+    pub fn moto_with_auth(unauthenticated: u32) -> Server {
+        let exe = required_env("M365BK_TEST_MOTO_SERVER", "S3 (moto)");
+        let port = free_port();
+        let mut cmd = Command::new(exe);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", unauthenticated.to_string());
+        Server::spawn("moto_server", cmd, port)
+    }
+
     /// Starts Azurite's blob service (`$M365BK_TEST_AZURITE`), in memory, without telemetry.
     pub fn azurite() -> Server {
         let exe = required_env("M365BK_TEST_AZURITE", "Azure (Azurite)");
