@@ -789,7 +789,20 @@ impl RepoInner {
             return;
         }
         let open_path = path.clone();
-        let opened = tokio::task::spawn_blocking(move || Table::open(&open_path, &repo_id)).await;
+        let repo_hex = self.config.id.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = open_path.parent() {
+                let removed = index_cache::remove_stale_temp_files(dir, &repo_hex);
+                if removed > 0 {
+                    tracing::info!(
+                        removed,
+                        "removed index cache files left by an interrupted run"
+                    );
+                }
+            }
+            Table::open(&open_path, &repo_id)
+        })
+        .await;
         let cache = path.display().to_string();
         match opened {
             Ok(Ok(Some((table, meta)))) => {

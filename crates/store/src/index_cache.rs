@@ -181,6 +181,35 @@ fn scratch_file(dir: &Path, stem: &str, unlink: bool) -> std::io::Result<(File, 
     Ok((file, path))
 }
 
+/// Temporary names older than this are left by a process that died while writing a table.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes `<repo_id_hex>.index.tmp-*` files in `dir` not modified for an hour: tables a
+/// killed process was writing. Returns how many were removed; errors are ignored (the files
+/// only cost disk space).
+pub(crate) fn remove_stale_temp_files(dir: &Path, repo_id_hex: &str) -> usize {
+    let prefix = format!("{repo_id_hex}.index.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE)
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -906,6 +935,28 @@ mod tests {
         assert!(Table::open(&path, &repo_id)
             .unwrap_err()
             .contains("truncated"));
+    }
+
+    #[test]
+    fn stale_temporary_names_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(format!("{REPO}.index.tmp-1-2-3"));
+        let fresh = dir.path().join(format!("{REPO}.index.tmp-4-5-6"));
+        let other = dir.path().join("ffff.index.tmp-1-2-3");
+        for p in [&stale, &fresh, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        let old = std::time::SystemTime::now() - 2 * STALE_TEMP_AGE;
+        for p in [&stale, &other] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(dir.path(), REPO), 1);
+        assert!(!stale.exists() && fresh.exists() && other.exists());
     }
 
     #[test]
