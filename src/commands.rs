@@ -443,10 +443,12 @@ async fn backup(
     // (SharePoint), and the Graph client's admission control keeps each of them, so one
     // mailbox's budget or 429 does not hold up the others. Catalog writes stay in this loop.
     let (job_ref, writer_ref, repo_ref, existing_ref) = (&job, &writer, &repo, &existing);
+    let catalog_ref = &catalog;
     let mut running = futures::stream::iter(users.iter())
         .map(|user| async move {
             let result = backup_resource(
                 settings,
+                catalog_ref,
                 service,
                 job_ref,
                 writer_ref,
@@ -551,6 +553,7 @@ async fn backup(
 #[allow(clippy::too_many_arguments)] // the job's context, passed by reference from one loop
 async fn backup_resource(
     settings: &Settings,
+    catalog: &m365bk_store::Catalog,
     service: Service,
     job: &AuthorizedJob,
     writer: &m365bk_store::BackupWriter,
@@ -578,6 +581,13 @@ async fn backup_resource(
         None => None,
     };
     let parent = if parent_items.is_some() { parent } else { None };
+    // Delta pages are saved in the catalog as they arrive and dropped once the snapshot is
+    // committed: a killed backup resumes each enumeration from its last page.
+    let scope = format!("{}/{}", service.as_str(), user.id);
+    let journal: Arc<dyn m365bk_graph::DeltaJournal> = Arc::new(CatalogJournal {
+        catalog: catalog.clone(),
+        scope: scope.clone(),
+    });
     let mut draft = match service {
         Service::Exchange => {
             let parent = parent
@@ -586,6 +596,7 @@ async fn backup_resource(
             let opts = m365bk_exchange::BackupOptions {
                 page_size: settings.page_size,
                 concurrency: settings.concurrency,
+                journal: Some(journal),
             };
             m365bk_exchange::backup_mailbox(job, writer, user, parent.as_ref(), &opts).await?
         }
@@ -596,6 +607,7 @@ async fn backup_resource(
             let opts = m365bk_onedrive::BackupOptions {
                 page_size: settings.page_size.max(200),
                 concurrency: settings.concurrency,
+                journal: Some(journal),
             };
             m365bk_onedrive::backup_drive(job, writer, user, parent.as_ref(), &opts).await?
         }
@@ -603,8 +615,79 @@ async fn backup_resource(
     };
     draft.tags.extend(tags.iter().cloned());
     let snapshot = writer.commit_snapshot(draft).await?;
+    if let Err(e) = catalog.discard_delta_pages(&scope, None) {
+        tracing::warn!(error = %e, "snapshot saved, but its delta progress could not be dropped from the catalog");
+    }
     let items = repo.load_items(&snapshot).await?;
     Ok((snapshot, items))
+}
+
+/// Delta pages of one resource's backup, saved in the catalog's `delta_pages` table.
+#[derive(Debug)]
+struct CatalogJournal {
+    catalog: m365bk_store::Catalog,
+    /// `service/resource id`.
+    scope: String,
+}
+
+impl m365bk_graph::DeltaJournal for CatalogJournal {
+    fn load(
+        &self,
+        collection: &str,
+    ) -> m365bk_graph::Result<Vec<(String, m365bk_graph::DeltaPage)>> {
+        let rows = self
+            .catalog
+            .delta_pages(&self.scope, collection)
+            .map_err(journal_err)?;
+        let mut pages = Vec::with_capacity(rows.len());
+        for r in rows {
+            let items = match serde_json::from_str(&r.items) {
+                Ok(items) => items,
+                Err(e) => {
+                    return Err(m365bk_graph::Error::Journal {
+                        detail: format!("saved page of {collection} is not JSON: {e}"),
+                    })
+                }
+            };
+            let page = m365bk_graph::DeltaPage {
+                items,
+                next_link: r.next_link,
+                delta_link: r.delta_link,
+            };
+            pages.push((r.start, page));
+        }
+        Ok(pages)
+    }
+
+    fn append(
+        &self,
+        collection: &str,
+        start: &str,
+        seq: u64,
+        page: &m365bk_graph::DeltaPage,
+    ) -> m365bk_graph::Result<()> {
+        let row = m365bk_store::DeltaPageRow {
+            start: start.to_owned(),
+            items: serde_json::to_string(&page.items).unwrap_or_else(|_| "[]".into()),
+            next_link: page.next_link.clone(),
+            delta_link: page.delta_link.clone(),
+        };
+        self.catalog
+            .save_delta_page(&self.scope, collection, seq, &row)
+            .map_err(journal_err)
+    }
+
+    fn discard(&self, collection: &str) -> m365bk_graph::Result<()> {
+        self.catalog
+            .discard_delta_pages(&self.scope, Some(collection))
+            .map_err(journal_err)
+    }
+}
+
+fn journal_err(e: m365bk_store::Error) -> m365bk_graph::Error {
+    m365bk_graph::Error::Journal {
+        detail: e.to_string(),
+    }
 }
 
 fn short(id: &str) -> &str {

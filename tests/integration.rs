@@ -13,6 +13,7 @@ mod integration {
     mod gate;
     pub mod harness;
     mod maintenance;
+    mod resume;
     mod s3;
     mod throttling;
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser, ItemType};
-use m365bk_graph::{is_removed, DeltaStart, GraphClient};
+use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient};
 use m365bk_store::{BackupWriter, Item, SkippedItem, Snapshot, SnapshotDraft};
 use serde_json::{json, Value};
 
@@ -19,6 +19,10 @@ pub struct BackupOptions {
     /// Messages downloaded at once per mailbox. Outlook allows 4 concurrent requests per
     /// mailbox (https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits).
     pub concurrency: usize,
+    /// Where delta pages are saved as they arrive, so a killed backup resumes each
+    /// collection's enumeration from its last page (collection = the delta path); `None`
+    /// keeps them in memory only.
+    pub journal: Option<std::sync::Arc<dyn DeltaJournal>>,
 }
 
 impl Default for BackupOptions {
@@ -26,6 +30,7 @@ impl Default for BackupOptions {
         BackupOptions {
             page_size: 100,
             concurrency: 4,
+            journal: None,
         }
     }
 }
@@ -62,12 +67,16 @@ async fn walk_delta(
     initial_path: String,
     previous_link: Option<&str>,
     page_size: u32,
+    journal: Option<&std::sync::Arc<dyn DeltaJournal>>,
 ) -> m365bk_graph::Result<DeltaOutcome> {
     let (start, mut full) = match previous_link {
         Some(link) => (DeltaStart::Resume(link.to_string()), false),
         None => (DeltaStart::Initial(initial_path.clone()), true),
     };
     let mut walker = graph.delta(start, Some(page_size));
+    if let Some(journal) = journal {
+        walker = walker.with_journal(journal.clone(), initial_path.clone())?;
+    }
     let mut outcome = DeltaOutcome {
         changes: BTreeMap::new(),
         order: Vec::new(),
@@ -306,6 +315,7 @@ pub async fn backup_mailbox(
                 ),
                 previous.as_deref(),
                 opts.page_size,
+                opts.journal.as_ref(),
             )
             .await
             .map_err(Error::graph(format!("contact delta of {path}")))?;
@@ -348,6 +358,7 @@ pub async fn backup_mailbox(
             format!("/users/{uid}/calendarView/delta?startDateTime=1900-01-01T00:00:00Z&endDateTime=2100-01-01T00:00:00Z"),
             previous.as_deref(),
             opts.page_size,
+            opts.journal.as_ref(),
         )
         .await
         .map_err(Error::graph(format!("calendar delta of {}", user.user_principal_name)))?;
@@ -453,6 +464,7 @@ async fn backup_mail(
             ),
             previous.as_deref(),
             opts.page_size,
+            opts.journal.as_ref(),
         )
         .await
         .map_err(Error::graph(format!(

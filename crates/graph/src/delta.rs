@@ -32,6 +32,45 @@ pub struct DeltaPage {
     pub delta_link: Option<String>,
 }
 
+/// Where a delta walk saves its pages as it goes, so a killed backup resumes from the last
+/// page instead of from the start.
+///
+/// # Contract
+/// [`DeltaJournal::append`] is atomic (a page is saved whole or not at all) and durable when it
+/// returns; [`DeltaJournal::load`] returns the pages appended for `collection` since the last
+/// [`DeltaJournal::discard`], in order. The owner discards a collection's pages once the
+/// snapshot built from them is committed.
+pub trait DeltaJournal: Send + Sync + std::fmt::Debug {
+    /// The saved pages of `collection`, oldest first, each with the link its walk began at.
+    ///
+    /// # Errors
+    /// Storage failures, as [`Error::Journal`].
+    fn load(&self, collection: &str) -> Result<Vec<(String, DeltaPage)>>;
+    /// Saves page number `seq` (from 0) of the walk of `collection` that began at `start`.
+    ///
+    /// # Errors
+    /// Storage failures, as [`Error::Journal`].
+    fn append(&self, collection: &str, start: &str, seq: u64, page: &DeltaPage) -> Result<()>;
+    /// Forgets the pages of `collection`.
+    ///
+    /// # Errors
+    /// Storage failures, as [`Error::Journal`].
+    fn discard(&self, collection: &str) -> Result<()>;
+}
+
+/// A walker's journal and what it replays.
+#[derive(Debug, Clone)]
+struct Journaled {
+    journal: std::sync::Arc<dyn DeltaJournal>,
+    collection: String,
+    /// The link this walk began at (pages saved under another start are stale).
+    start: String,
+    /// Saved pages still to hand out before fetching more.
+    replay: std::collections::VecDeque<DeltaPage>,
+    /// Pages seen so far in this walk (replayed and fetched).
+    seq: u64,
+}
+
 /// Walks a delta query page by page.
 ///
 /// Every page is fetched with a fresh token, the configured headers and
@@ -45,6 +84,7 @@ pub struct DeltaWalker {
     page_size: Option<u32>,
     /// The `Location` of the last 410 answer: where Microsoft says to restart.
     restart_at: Option<String>,
+    journal: Option<Box<Journaled>>,
 }
 
 impl GraphClient {
@@ -58,11 +98,57 @@ impl GraphClient {
             next: Some(next),
             page_size,
             restart_at: None,
+            journal: None,
         }
     }
 }
 
 impl DeltaWalker {
+    /// Saves every page in `journal` under `collection` (a stable name of the delta
+    /// collection, e.g. `drive:{drive id}`) and, when the journal holds pages of an earlier,
+    /// interrupted walk that began at the same link, hands those out first and then continues
+    /// from the last saved `@odata.nextLink` — or, when the saved walk reached its deltaLink,
+    /// sends nothing at all. Pages saved under another start link are discarded.
+    ///
+    /// The pages' pre-authenticated download URLs (`@microsoft.graph.downloadUrl`,
+    /// `@content.downloadUrl`) are bearer credentials and are not saved.
+    ///
+    /// # Errors
+    /// [`Error::Journal`] when the journal cannot be read or cleaned.
+    pub fn with_journal(
+        mut self,
+        journal: std::sync::Arc<dyn DeltaJournal>,
+        collection: impl Into<String>,
+    ) -> Result<Self> {
+        let collection = collection.into();
+        let start = self.next.clone().unwrap_or_default();
+        let saved = journal.load(&collection)?;
+        let mut replay = std::collections::VecDeque::new();
+        if saved.iter().all(|(s, _)| *s == start) {
+            replay.extend(saved.into_iter().map(|(_, p)| p));
+        } else {
+            tracing::info!(%collection, "saved delta pages belong to another walk: discarded");
+            journal.discard(&collection)?;
+        }
+        if let Some(last) = replay.back() {
+            tracing::info!(
+                %collection,
+                pages = replay.len(),
+                "resuming an interrupted delta walk from its last saved page"
+            );
+            // Continue after the last saved page; a saved deltaLink page ends the walk.
+            self.next = last.next_link.clone();
+        }
+        self.journal = Some(Box::new(Journaled {
+            journal,
+            collection,
+            start,
+            replay,
+            seq: 0,
+        }));
+        Ok(self)
+    }
+
     /// The next page, or `None` once the page carrying `@odata.deltaLink` has been returned.
     ///
     /// # Errors
@@ -70,6 +156,12 @@ impl DeltaWalker {
     /// token expired ([`Error::is_resync_required`]); [`Error::Decode`] for a page without
     /// `value`; [`Error::Protocol`] for a page with neither nextLink nor deltaLink.
     pub async fn next_page(&mut self) -> Result<Option<DeltaPage>> {
+        if let Some(j) = self.journal.as_mut() {
+            if let Some(page) = j.replay.pop_front() {
+                j.seq += 1;
+                return Ok(Some(page));
+            }
+        }
         let Some(url) = self.next.clone() else {
             return Ok(None);
         };
@@ -138,11 +230,23 @@ impl DeltaWalker {
                 })
             }
         }
-        Ok(Some(DeltaPage {
+        let page = DeltaPage {
             items,
             next_link,
             delta_link,
-        }))
+        };
+        if let Some(j) = self.journal.as_mut() {
+            let mut saved = page.clone();
+            for item in &mut saved.items {
+                if let Value::Object(map) = item {
+                    map.remove("@microsoft.graph.downloadUrl");
+                    map.remove("@content.downloadUrl");
+                }
+            }
+            j.journal.append(&j.collection, &j.start, j.seq, &saved)?;
+            j.seq += 1;
+        }
+        Ok(Some(page))
     }
 
     /// Starts a full enumeration again after a lost sync state (410 Gone, `resyncRequired`,
@@ -153,6 +257,14 @@ impl DeltaWalker {
     /// See <https://learn.microsoft.com/graph/delta-query-overview#synchronization-reset> and
     /// <https://learn.microsoft.com/graph/api/driveitem-delta>.
     pub fn restart(&mut self, initial: &str) {
+        if let Some(j) = self.journal.as_mut() {
+            // The saved pages are of the lost walk; the new walk is saved under its own start.
+            if let Err(e) = j.journal.discard(&j.collection) {
+                tracing::warn!(collection = %j.collection, error = %e, "cannot discard saved delta pages");
+            }
+            j.replay.clear();
+            j.seq = 0;
+        }
         let location = self
             .restart_at
             .take()
@@ -161,6 +273,9 @@ impl DeltaWalker {
             tracing::info!(location = %l, "restarting the delta enumeration where Microsoft said");
         }
         self.next = Some(location.unwrap_or_else(|| initial.to_owned()));
+        if let Some(j) = self.journal.as_mut() {
+            j.start = self.next.clone().unwrap_or_default();
+        }
     }
 
     /// The link the next call will fetch (`None` when done): store it to resume an

@@ -167,6 +167,13 @@ pub enum Error {
         /// What was wrong and what to do.
         detail: String,
     },
+
+    /// A [`crate::DeltaJournal`] could not save or read delta pages.
+    #[error("saving delta progress failed: {detail}")]
+    Journal {
+        /// What failed (the storage's own error text).
+        detail: String,
+    },
 }
 
 impl Error {

@@ -75,7 +75,7 @@ pub use certificate::{
 pub use client::{
     encode_segment, GraphClient, DEFAULT_UPLOAD_FRAGMENT, MAX_UPLOAD_FRAGMENT, UPLOAD_FRAGMENT_UNIT,
 };
-pub use delta::{is_removed, DeltaPage, DeltaStart, DeltaWalker};
+pub use delta::{is_removed, DeltaJournal, DeltaPage, DeltaStart, DeltaWalker};
 pub use directory::{Directory, RestDirectory, SdkDirectory};
 pub use download::Download;
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser};
-use m365bk_graph::{is_removed, DeltaStart, GraphClient};
+use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient};
 use m365bk_store::{BackupWriter, ContentRef, Item, SkippedItem, Snapshot, SnapshotDraft};
 use serde_json::{json, Value};
 
@@ -17,6 +17,9 @@ pub struct BackupOptions {
     pub page_size: u32,
     /// Files downloaded at once.
     pub concurrency: usize,
+    /// Where delta pages are saved as they arrive, so a killed backup resumes its enumeration
+    /// from the last page (collection `drive:{drive id}`); `None` keeps them in memory only.
+    pub journal: Option<std::sync::Arc<dyn DeltaJournal>>,
 }
 
 impl Default for BackupOptions {
@@ -24,6 +27,7 @@ impl Default for BackupOptions {
         BackupOptions {
             page_size: 200,
             concurrency: 4,
+            journal: None,
         }
     }
 }
@@ -137,6 +141,14 @@ pub async fn backup_drive(
             graph.delta(DeltaStart::Initial(initial.clone()), Some(opts.page_size)),
         ),
     };
+    if let Some(journal) = &opts.journal {
+        walker = walker
+            .with_journal(journal.clone(), format!("drive:{drive_id}"))
+            .map_err(Error::graph(format!(
+                "reading the saved delta progress of {}",
+                user.user_principal_name
+            )))?;
+    }
     let mut delta_link = None;
     // Files whose content must be downloaded: id → (json).
     let mut dirty: HashMap<String, Value> = HashMap::new();

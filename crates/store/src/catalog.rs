@@ -73,6 +73,35 @@ CREATE TABLE job_runs (
 CREATE INDEX job_runs_by_start ON job_runs (started_at);
 ";
 
+/// Delta pages of backups in progress (added without a schema version change: created when
+/// missing, by every build that knows it; older builds ignore it).
+const DELTA_PAGES: &str = "
+CREATE TABLE IF NOT EXISTS delta_pages (
+    scope       TEXT NOT NULL,        -- service/resource, e.g. onedrive/<user id>
+    collection  TEXT NOT NULL,        -- the delta collection, e.g. drive:<drive id>
+    seq         INTEGER NOT NULL,     -- page number in the walk, from 0
+    start       TEXT NOT NULL,        -- the link the walk began at
+    items       TEXT NOT NULL,        -- JSON array: the page's value
+    next_link   TEXT,                 -- @odata.nextLink, or
+    delta_link  TEXT,                 -- @odata.deltaLink (the walk is complete)
+    updated     TEXT NOT NULL,
+    PRIMARY KEY (scope, collection, seq)
+);
+";
+
+/// One saved page of a delta walk ([`Catalog::delta_pages`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaPageRow {
+    /// The link the walk began at.
+    pub start: String,
+    /// The page's items, a JSON array as text.
+    pub items: String,
+    /// `@odata.nextLink`: where the walk continues.
+    pub next_link: Option<String>,
+    /// `@odata.deltaLink`: the walk is complete.
+    pub delta_link: Option<String>,
+}
+
 /// The catalog. Cheap to clone; one SQLite connection behind a mutex.
 #[derive(Clone)]
 pub struct Catalog {
@@ -274,6 +303,7 @@ impl Catalog {
                 .map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
+        conn.execute_batch(DELTA_PAGES).map_err(sql)?;
         Ok(Catalog {
             inner: Arc::new(CatalogInner {
                 path: shown,
@@ -293,6 +323,82 @@ impl Catalog {
         // A panic while holding the connection leaves SQLite consistent (transactions roll
         // back on drop), so a poisoned lock is still usable.
         self.inner.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The saved pages of the delta walk of `collection` in `scope`, in order; empty when none.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn delta_pages(&self, scope: &str, collection: &str) -> Result<Vec<DeltaPageRow>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT start, items, next_link, delta_link FROM delta_pages \
+                 WHERE scope = ?1 AND collection = ?2 ORDER BY seq",
+            )
+            .map_err(self.sql_err())?;
+        let rows = stmt
+            .query_map(params![scope, collection], |r| {
+                Ok(DeltaPageRow {
+                    start: r.get(0)?,
+                    items: r.get(1)?,
+                    next_link: r.get(2)?,
+                    delta_link: r.get(3)?,
+                })
+            })
+            .map_err(self.sql_err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql_err())
+    }
+
+    /// Saves page `seq` of the delta walk of `collection` in `scope` (replacing a page with
+    /// the same number). One transaction: after a crash the page is there whole or not at all.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn save_delta_page(
+        &self,
+        scope: &str,
+        collection: &str,
+        seq: u64,
+        page: &DeltaPageRow,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO delta_pages \
+                 (scope, collection, seq, start, items, next_link, delta_link, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    scope,
+                    collection,
+                    seq as i64,
+                    page.start,
+                    page.items,
+                    page.next_link,
+                    page.delta_link,
+                    Utc::now().to_rfc3339()
+                ],
+            )
+            .map_err(self.sql_err())?;
+        Ok(())
+    }
+
+    /// Forgets the saved delta pages of `collection` in `scope`, or of the whole scope when
+    /// `collection` is `None` (after its snapshot is committed).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn discard_delta_pages(&self, scope: &str, collection: Option<&str>) -> Result<()> {
+        let conn = self.conn();
+        match collection {
+            Some(c) => conn.execute(
+                "DELETE FROM delta_pages WHERE scope = ?1 AND collection = ?2",
+                params![scope, c],
+            ),
+            None => conn.execute("DELETE FROM delta_pages WHERE scope = ?1", params![scope]),
+        }
+        .map_err(self.sql_err())?;
+        Ok(())
     }
 
     /// Brings the catalog in line with `repo`: adds the snapshots (and their items) it lacks,

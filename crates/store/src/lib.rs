@@ -95,7 +95,7 @@ mod repository;
 mod snapshot;
 
 pub use backup::{BackupWriter, ContentWriter, WriteStats};
-pub use catalog::{Catalog, ItemRow, JobRun, SnapshotRow, SyncStats};
+pub use catalog::{Catalog, DeltaPageRow, ItemRow, JobRun, SnapshotRow, SyncStats};
 pub use check::{CheckOptions, CheckProblem, CheckReport};
 pub use error::{Error, Result};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId};

@@ -1,0 +1,152 @@
+//! Issue 4, resumable delta: every delta page is saved in the catalog as it arrives, so a
+//! backup that stops part-way resumes each enumeration from its last saved page instead of
+//! from the start. The stop is a 500 the client does not retry, injected on a delta page in
+//! the middle of a folder: the real binary exits having saved the pages before it; the rerun
+//! must not ask for those pages again (neither the folders already enumerated nor the first
+//! pages of the stopped one), and its snapshot must equal the simulator's content.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::harness::{content_set, corpus, matrix_permissions, pct_decode, Env, Sim};
+
+const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
+const ZOE: &str = "zoe.angstrom@contoso.onmicrosoft.com";
+
+fn path(e: &Value) -> &str {
+    e["path"].as_str().unwrap()
+}
+
+fn status(e: &Value) -> u64 {
+    e["status"].as_u64().unwrap()
+}
+
+fn is_message_delta(e: &Value) -> bool {
+    path(e).contains("/messages/delta")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
+    let corpus = corpus(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    // Two messages per page: many pages per folder.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}\n[backup]\npage_size = 2\n")).unwrap();
+    env.run(&["init"]).await.ok();
+    let source = sim.export(ADELE).await;
+
+    // The second nextLink page of a message delta answers 500 (not retried): the backup stops
+    // in the middle of a folder's enumeration, after other pages of it were saved.
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!([{"route": "delta", "path_contains": "messages/delta?$skiptoken", "nth": 2,
+                "fault": {"kind": "status", "status": 500}}])
+        .to_string()
+        .into_bytes(),
+    )
+    .await;
+    let backup = ["--json", "backup", "--service", "exchange", "--user", ADELE];
+    let first = env.run(&backup).await;
+    assert_ne!(first.code, 0, "the injected 500 stopped the backup");
+    let log1 = sim.requests().await;
+    let pages1: Vec<&Value> = log1.iter().filter(|e| is_message_delta(e)).collect();
+    let stop = pages1
+        .iter()
+        .position(|e| status(e) == 500)
+        .unwrap_or_else(|| panic!("{:#?}", log1.iter().map(path).collect::<Vec<_>>()));
+    assert_eq!(
+        stop + 1,
+        pages1.len(),
+        "nothing after the stop: {pages1:#?}"
+    );
+    let fetched_before: Vec<&str> = pages1[..stop].iter().map(|e| path(e)).collect();
+    let stopped_at = path(pages1[stop]);
+    let folder = pct_decode(stopped_at.split('?').next().unwrap());
+    assert!(
+        fetched_before
+            .iter()
+            .any(|p| pct_decode(p).starts_with(&folder)),
+        "pages of the stopped folder were saved before the stop"
+    );
+
+    // The rerun, without faults.
+    sim.admin(Method::DELETE, "faults", Vec::new()).await;
+    sim.clear_requests().await;
+    let second = env.run(&backup).await.ok();
+    let log2 = sim.requests().await;
+    let pages2: Vec<&str> = log2
+        .iter()
+        .filter(|e| is_message_delta(e))
+        .map(path)
+        .collect();
+    for p in &fetched_before {
+        assert!(
+            !pages2.contains(p),
+            "page {p} was saved before the stop and is not requested again: {pages2:#?}"
+        );
+    }
+    assert_eq!(
+        pages2.first().copied(),
+        Some(stopped_at),
+        "the rerun starts where the first run stopped"
+    );
+    // Known limitation, measured: messages the stopped run downloaded sit in packs no index
+    // lists, so the rerun downloads them again (the enumeration resumes, the downloads do not).
+    let mime = |log: &[Value]| log.iter().filter(|e| path(e).ends_with("/$value")).count();
+    eprintln!(
+        "resume: first run {} message-delta pages (the last one refused), {} MIME downloads; \
+         rerun {} pages, {} MIME downloads",
+        pages1.len(),
+        mime(&log1),
+        pages2.len(),
+        mime(&log2)
+    );
+
+    // The snapshot is the mailbox: restore it and compare, message by message.
+    let snapshot = second.json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run(&[
+        "--json",
+        "restore",
+        &snapshot,
+        "--to-user",
+        ZOE,
+        "--folder-name",
+        "Resumed",
+    ])
+    .await
+    .ok();
+    let want = content_set(&source, "mail", "");
+    let got = content_set(&sim.export(ZOE).await, "mail", "Resumed");
+    assert!(!want.is_empty());
+    assert_eq!(
+        got, want,
+        "restored mail equals the simulator's, sha256 by sha256"
+    );
+
+    // The saved pages were dropped with the commit: the next incremental starts from the
+    // stored deltaLinks and fetches only the new message.
+    sim.admin(
+        Method::POST,
+        &format!("users/{ADELE}/messages?folder=Inbox"),
+        b"From: a@b.test\r\nTo: c@d.test\r\nSubject: after the resume\r\nMessage-ID: <resume@x.test>\r\n\r\nbody\r\n".to_vec(),
+    )
+    .await;
+    sim.clear_requests().await;
+    env.run(&backup).await.ok();
+    let log3 = sim.requests().await;
+    let mime = log3.iter().filter(|e| path(e).ends_with("/$value")).count();
+    assert_eq!(mime, 1, "only the new message is downloaded");
+    assert!(
+        log3.iter()
+            .filter(|e| is_message_delta(e))
+            .all(|e| path(e).contains("deltatoken")),
+        "every folder resumed from its deltaLink"
+    );
+}
