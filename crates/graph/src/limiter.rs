@@ -453,11 +453,13 @@ impl Limiter {
             let now = Instant::now();
             let span = self.opts.outlook_window + MARGIN;
             map.retain(|_, m| {
-                Arc::strong_count(m) > 1
-                    || lock(&m.gate)
-                        .idle_since()
-                        .is_some_and(|t| now.duration_since(t) < span * 2)
-                    || lock(&m.gate).fence.is_some_and(|f| f > now)
+                if Arc::strong_count(m) > 1 {
+                    return true;
+                }
+                let gate = lock(&m.gate);
+                gate.idle_since()
+                    .is_some_and(|t| now.duration_since(t) < span * 2)
+                    || gate.fence.is_some_and(|f| f > now)
             });
         }
         let n = self.opts.outlook_concurrent_requests;
@@ -592,6 +594,19 @@ impl Limiter {
         };
         if rl.remaining == 0 {
             gate.fence_until(until);
+        }
+        // A service limit below the configured one (a smaller tenant, or Microsoft lowered
+        // it) becomes the minute budget.
+        let minute = Duration::from_secs(60) + MARGIN;
+        if let Some((_, limit)) = gate.windows.iter_mut().find(|(w, _)| w.span == minute) {
+            if rl.limit > 0 && rl.limit < *limit {
+                tracing::info!(
+                    configured = *limit,
+                    service = rl.limit,
+                    "SharePoint reports a lower resource-unit limit per minute; using it"
+                );
+                *limit = rl.limit;
+            }
         }
     }
 }
@@ -827,6 +842,8 @@ mod tests {
             })
         );
         l.observe(&sp, &h);
+        let minute_limit = |l: &Limiter| lock(&l.sharepoint).windows[0].1;
+        assert_eq!(minute_limit(&l), 1250);
         let t0 = Instant::now();
         drop(l.admit(&sp).await);
         drop(l.admit(&sp).await);
@@ -844,6 +861,10 @@ mod tests {
         let t1 = Instant::now();
         drop(l.admit(&sp).await);
         assert_eq!(Instant::now() - t1, Duration::from_secs(4));
+        // A lower service limit becomes the budget.
+        h.insert("ratelimit-limit", "1200".parse().unwrap());
+        l.observe(&sp, &h);
+        assert_eq!(minute_limit(&l), 1200);
         // Other workloads ignore SharePoint's headers.
         l.observe(&outlook("a"), &h);
         let t2 = Instant::now();
@@ -868,6 +889,24 @@ mod tests {
             waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1200),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_mailboxes_are_forgotten() {
+        let l = Limiter::new(ThrottleOptions {
+            outlook_window: Duration::from_secs(10),
+            ..ThrottleOptions::default()
+        });
+        for i in 0..1100 {
+            drop(l.admit(&outlook(&format!("m{i}"))).await);
+        }
+        assert_eq!(lock(&l.mailboxes).len(), 1100);
+        l.fence(&outlook("m7"), Duration::from_secs(3600));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        drop(l.admit(&outlook("new")).await);
+        let left: Vec<String> = lock(&l.mailboxes).keys().cloned().collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&"m7".to_string()), "a fenced mailbox is kept");
     }
 
     #[tokio::test(start_paused = true)]
