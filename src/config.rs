@@ -784,6 +784,46 @@ url = "repo"
         assert!(s.backend.options.is_empty());
     }
 
+    /// The example config's commented `[repository.options]` tables, uncommented under the
+    /// matching `url`, are valid.
+    #[test]
+    fn example_backend_options_parse() {
+        let text = include_str!("../config/m365bk.example.toml");
+        let mut tables = Vec::new();
+        let mut current: Option<Vec<String>> = None;
+        for line in text.lines() {
+            if line == "# [repository.options]" {
+                if let Some(t) = current.take() {
+                    tables.push(t);
+                }
+                current = Some(Vec::new());
+            } else if let Some(t) = current.as_mut() {
+                match line.strip_prefix("# ") {
+                    Some(kv) if kv.contains(" = ") => t.push(kv.to_string()),
+                    _ => tables.push(current.take().unwrap()),
+                }
+            }
+        }
+        assert_eq!(
+            tables.len(),
+            2,
+            "an S3 table and an Azure table: {tables:?}"
+        );
+        for (url, table) in ["s3://backups/m365", "az://backups/m365"]
+            .iter()
+            .zip(&tables)
+        {
+            assert!(table.len() >= 2, "{table:?}");
+            let repo = format!(
+                "url = \"{url}\"\n[repository.options]\n{}",
+                table.join("\n")
+            );
+            let s = Settings::parse(Path::new("c.toml"), &GOOD.replace("url = \"repo\"", &repo))
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(s.backend.options.len(), table.len(), "{url}");
+        }
+    }
+
     #[test]
     fn cloud_repository_mistakes_name_the_setting() {
         for (repo, says) in [
