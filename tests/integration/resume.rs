@@ -150,3 +150,106 @@ async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
         "every folder resumed from its deltaLink"
     );
 }
+
+/// The same with `kill -9`: the binary is killed while it walks message deltas (150 ms per
+/// request), after at least 8 pages were answered. Every page answered before the last one
+/// was saved before the next was requested, so the rerun must not ask for any of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
+    use super::harness::{PASSPHRASE, SECRET, TEST_KDF_ENV};
+    let corpus = corpus(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}\n[backup]\npage_size = 2\n")).unwrap();
+    env.run(&["init"]).await.ok();
+    let source = sim.export(ADELE).await;
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({"latency_ms": 150}).to_string().into_bytes(),
+    )
+    .await;
+    sim.clear_requests().await;
+
+    let backup = ["--json", "backup", "--service", "exchange", "--user", ADELE];
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365bk"));
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(backup)
+        .env("M365BK_CLIENT_SECRET", SECRET)
+        .env("M365BK_PASSPHRASE", PASSPHRASE)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in TEST_KDF_ENV {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let answered: Vec<String> = loop {
+        let log = sim.requests().await;
+        let answered: Vec<String> = log
+            .iter()
+            .filter(|e| is_message_delta(e) && status(e) == 200)
+            .map(|e| path(e).to_string())
+            .collect();
+        if answered.len() >= 8 {
+            break answered;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    child.start_kill().unwrap(); // SIGKILL
+    let killed = child.wait().await.unwrap();
+    assert!(!killed.success(), "killed: {killed:?}");
+    let saved = &answered[..answered.len() - 1];
+
+    sim.admin(Method::DELETE, "faults", Vec::new()).await;
+    sim.clear_requests().await;
+    let second = env.run(&backup).await.ok();
+    let pages2: Vec<String> = sim
+        .requests()
+        .await
+        .iter()
+        .filter(|e| is_message_delta(e))
+        .map(|e| path(e).to_string())
+        .collect();
+    for p in saved {
+        assert!(
+            !pages2.contains(p),
+            "page {p} was saved before the kill and is not requested again: {pages2:#?}"
+        );
+    }
+    eprintln!(
+        "kill -9: {} message-delta pages answered before the kill, rerun asked for {}",
+        answered.len(),
+        pages2.len()
+    );
+    let snapshot = second.json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run(&[
+        "--json",
+        "restore",
+        &snapshot,
+        "--to-user",
+        ZOE,
+        "--folder-name",
+        "AfterKill",
+    ])
+    .await
+    .ok();
+    let want = content_set(&source, "mail", "");
+    let got = content_set(&sim.export(ZOE).await, "mail", "AfterKill");
+    assert_eq!(
+        got, want,
+        "restored mail equals the simulator's, sha256 by sha256"
+    );
+}

@@ -295,6 +295,157 @@ pub fn is_removed(item: &Value) -> bool {
 mod tests {
     use super::*;
 
+    /// An in-memory journal: collection → (start, page) list.
+    #[derive(Debug, Default)]
+    struct MemJournal(
+        std::sync::Mutex<std::collections::HashMap<String, Vec<(String, DeltaPage)>>>,
+    );
+
+    impl DeltaJournal for MemJournal {
+        fn load(&self, collection: &str) -> Result<Vec<(String, DeltaPage)>> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .get(collection)
+                .cloned()
+                .unwrap_or_default())
+        }
+        fn append(&self, collection: &str, start: &str, seq: u64, page: &DeltaPage) -> Result<()> {
+            let mut m = self.0.lock().unwrap();
+            let v = m.entry(collection.to_owned()).or_default();
+            v.truncate(seq as usize);
+            v.push((start.to_owned(), page.clone()));
+            Ok(())
+        }
+        fn discard(&self, collection: &str) -> Result<()> {
+            self.0.lock().unwrap().remove(collection);
+            Ok(())
+        }
+    }
+
+    /// A client whose every request would fail (nothing listens on port 9 of 127.0.0.1): the
+    /// replay must not send any.
+    fn offline_client() -> GraphClient {
+        let http = crate::HttpClient::new(crate::HttpOptions::default()).unwrap();
+        let base = url::Url::parse("http://127.0.0.1:9/v1.0/").unwrap();
+        let endpoints = crate::Endpoints {
+            authority: url::Url::parse("http://127.0.0.1:9").unwrap(),
+            graph_base: base.clone(),
+        };
+        let credential = crate::ClientSecretCredential {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            secret: "s".into(),
+        };
+        let tokens = std::sync::Arc::new(crate::TokenProvider::new(
+            http.clone(),
+            endpoints,
+            credential,
+        ));
+        GraphClient::new(http, tokens, base)
+    }
+
+    fn page(ids: &[&str], next: Option<&str>, delta: Option<&str>) -> DeltaPage {
+        DeltaPage {
+            items: ids.iter().map(|i| serde_json::json!({"id": i})).collect(),
+            next_link: next.map(str::to_owned),
+            delta_link: delta.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completed_saved_walk_is_replayed_without_requests() {
+        let journal = std::sync::Arc::new(MemJournal::default());
+        journal
+            .append(
+                "c",
+                "/x/delta",
+                0,
+                &page(
+                    &["1", "2"],
+                    Some("http://127.0.0.1:9/v1.0/x/delta?p=2"),
+                    None,
+                ),
+            )
+            .unwrap();
+        journal
+            .append(
+                "c",
+                "/x/delta",
+                1,
+                &page(&["3"], None, Some("http://127.0.0.1:9/v1.0/x/delta?d=1")),
+            )
+            .unwrap();
+        let mut walker = offline_client()
+            .delta(DeltaStart::Initial("/x/delta".into()), Some(2))
+            .with_journal(journal.clone(), "c")
+            .unwrap();
+        let first = walker.next_page().await.unwrap().unwrap();
+        assert_eq!(first.items.len(), 2);
+        let second = walker.next_page().await.unwrap().unwrap();
+        assert_eq!(
+            second.delta_link.as_deref(),
+            Some("http://127.0.0.1:9/v1.0/x/delta?d=1")
+        );
+        assert!(
+            walker.next_page().await.unwrap().is_none(),
+            "nothing fetched"
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_of_another_walk_are_discarded_and_a_partial_walk_continues_from_its_next_link() {
+        let journal = std::sync::Arc::new(MemJournal::default());
+        journal
+            .append(
+                "c",
+                "/old/delta",
+                0,
+                &page(&["1"], Some("http://127.0.0.1:9/v1.0/old?p=2"), None),
+            )
+            .unwrap();
+        let walker = offline_client()
+            .delta(
+                DeltaStart::Resume("http://127.0.0.1:9/v1.0/x/delta?d=9".into()),
+                None,
+            )
+            .with_journal(journal.clone(), "c")
+            .unwrap();
+        assert!(
+            journal.load("c").unwrap().is_empty(),
+            "stale pages discarded"
+        );
+        assert_eq!(
+            walker.position(),
+            Some("http://127.0.0.1:9/v1.0/x/delta?d=9")
+        );
+
+        journal
+            .append(
+                "c",
+                "/x/delta",
+                0,
+                &page(&["1"], Some("http://127.0.0.1:9/v1.0/x?p=2"), None),
+            )
+            .unwrap();
+        let mut walker = offline_client()
+            .delta(DeltaStart::Initial("/x/delta".into()), None)
+            .with_journal(journal.clone(), "c")
+            .unwrap();
+        assert_eq!(walker.next_page().await.unwrap().unwrap().items.len(), 1);
+        assert_eq!(
+            walker.position(),
+            Some("http://127.0.0.1:9/v1.0/x?p=2"),
+            "continues after the saved page"
+        );
+        walker.restart("/x/delta");
+        assert!(
+            journal.load("c").unwrap().is_empty(),
+            "a restart drops the lost walk's pages"
+        );
+    }
+
     #[test]
     fn removed_items() {
         assert!(is_removed(
