@@ -605,7 +605,7 @@ async fn backup_resource(
                 .zip(parent_items)
                 .map(|(snapshot, items)| m365bk_onedrive::ParentSnapshot { snapshot, items });
             let opts = m365bk_onedrive::BackupOptions {
-                page_size: settings.page_size.max(200),
+                page_size: settings.drive_page_size,
                 concurrency: settings.concurrency,
                 journal: Some(journal),
             };

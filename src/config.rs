@@ -148,6 +148,8 @@ pub struct CatalogSection {
 pub struct BackupSection {
     /// `Prefer: odata.maxpagesize` for delta and list requests.
     pub page_size: u32,
+    /// `Prefer: odata.maxpagesize` for driveItem delta (OneDrive); default 200.
+    pub drive_page_size: u32,
     /// Concurrent downloads per mailbox / drive (Outlook allows 4 per mailbox).
     pub concurrency: usize,
     /// Mailboxes or drives backed up at once by one job.
@@ -158,6 +160,7 @@ impl Default for BackupSection {
     fn default() -> Self {
         BackupSection {
             page_size: 100,
+            drive_page_size: 200,
             concurrency: 4,
             parallel_resources: 8,
         }
@@ -230,6 +233,8 @@ pub struct Settings {
     pub catalog: PathBuf,
     /// Backup page size.
     pub page_size: u32,
+    /// driveItem delta page size.
+    pub drive_page_size: u32,
     /// Backup concurrency.
     pub concurrency: usize,
     /// Resources (mailboxes, drives) backed up at once.
@@ -316,6 +321,12 @@ impl Settings {
             return Err(invalid(format!(
                 "backup.page_size = {} must be between 1 and 1000",
                 file.backup.page_size
+            )));
+        }
+        if file.backup.drive_page_size == 0 || file.backup.drive_page_size > 1000 {
+            return Err(invalid(format!(
+                "backup.drive_page_size = {} must be between 1 and 1000",
+                file.backup.drive_page_size
             )));
         }
         if file.backup.concurrency == 0 || file.backup.concurrency > 16 {
@@ -406,6 +417,7 @@ impl Settings {
                 .map(resolve)
                 .unwrap_or_else(default_catalog),
             page_size: file.backup.page_size,
+            drive_page_size: file.backup.drive_page_size,
             concurrency: file.backup.concurrency,
             parallel_resources: file.backup.parallel_resources,
             throttle: m365bk_graph::ThrottleOptions {

@@ -253,3 +253,88 @@ async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
         "restored mail equals the simulator's, sha256 by sha256"
     );
 }
+
+/// OneDrive: five driveItems per delta page; the third page answers 500. The rerun replays
+/// the two saved pages, asks only for the rest, and the restored drive equals the simulator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_drive_backup_resumes_from_the_last_saved_page() {
+    let corpus = corpus(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[backup]\ndrive_page_size = 5\n"),
+    )
+    .unwrap();
+    env.run(&["init"]).await.ok();
+    let source = sim.export(ADELE).await;
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!([{"route": "delta", "path_contains": "/root/delta", "nth": 3,
+                "fault": {"kind": "status", "status": 500}}])
+        .to_string()
+        .into_bytes(),
+    )
+    .await;
+    let backup = ["--json", "backup", "--service", "onedrive", "--user", ADELE];
+    let first = env.run(&backup).await;
+    assert_ne!(first.code, 0, "the injected 500 stopped the backup");
+    let is_drive_delta = |e: &Value| path(e).contains("/root/delta");
+    let log1 = sim.requests().await;
+    let pages1: Vec<&Value> = log1.iter().filter(|e| is_drive_delta(e)).collect();
+    assert_eq!(pages1.len(), 3, "{pages1:#?}");
+    assert_eq!(status(pages1[2]), 500);
+
+    sim.admin(Method::DELETE, "faults", Vec::new()).await;
+    sim.clear_requests().await;
+    let second = env.run(&backup).await.ok();
+    let pages2: Vec<String> = sim
+        .requests()
+        .await
+        .iter()
+        .filter(|e| is_drive_delta(e))
+        .map(|e| path(e).to_string())
+        .collect();
+    assert_eq!(
+        pages2.first().map(String::as_str),
+        Some(path(pages1[2])),
+        "the rerun starts at the page that failed"
+    );
+    for p in &pages1[..2] {
+        assert!(
+            !pages2.iter().any(|q| q == path(p)),
+            "{} asked again",
+            path(p)
+        );
+    }
+    eprintln!(
+        "drive resume: first run 2 pages saved, rerun asked for {} pages",
+        pages2.len()
+    );
+    let snapshot = second.json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run(&[
+        "--json",
+        "restore",
+        &snapshot,
+        "--to-user",
+        ZOE,
+        "--folder-name",
+        "ResumedDrive",
+    ])
+    .await
+    .ok();
+    let want = content_set(&source, "drive", "");
+    let got = content_set(&sim.export(ZOE).await, "drive", "ResumedDrive");
+    assert!(!want.is_empty());
+    assert_eq!(
+        got, want,
+        "restored drive equals the simulator's, sha256 by sha256"
+    );
+}
