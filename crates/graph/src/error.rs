@@ -474,4 +474,22 @@ mod tests {
             "unparsable body: <html> oops </html>"
         );
     }
+
+    #[test]
+    fn certificate_refusals_name_the_fix() {
+        let refusal = |code: u32| {
+            Error::Token {
+                status: 401,
+                error: "invalid_client".into(),
+                aadsts: Some(code),
+                description: format!("AADSTS{code}: refused"),
+            }
+            .to_string()
+        };
+        assert!(refusal(700027).contains("Certificates & secrets"));
+        assert!(refusal(700024).contains("clock"));
+        assert!(refusal(700021).contains("tenant.client_id"));
+        assert!(refusal(700023).contains("tenant.authority_url"));
+        assert!(refusal(5002738).contains("assertion_alg"));
+    }
 }

@@ -9,7 +9,8 @@
 //! - [`SimOptions`] (corpus directory, [`TenantConfig`], listen address) → [`serve`] →
 //!   [`RunningSim`] (`base_url`, stop handle). The binary `m365bk-tenant-sim` wraps the same.
 //! - [`TenantConfig`]: TOML with `tenant_id`, `token_lifetime_secs` and `[[apps]]`
-//!   (`client_id`, `client_secret`, `display_name`, `admin_consent`, `roles`); unknown keys
+//!   (`client_id`, `client_secret`, `certificates`, `display_name`, `admin_consent`, `roles`);
+//!   unknown keys
 //!   are errors; an optional `[faults]` section ([`FaultsConfig`]) injects faults, latency
 //!   and Microsoft's throttling limits.
 //! - [`QuickXorHash`]: OneDrive's content hash, as reported in `file.hashes.quickXorHash`.
@@ -27,9 +28,14 @@
 //! - `POST B/{tenant}/oauth2/v2.0/token` — client credentials; `scope` must be exactly
 //!   `<resource>/.default` for `https://graph.microsoft.com`, `https://outlook.office365.com`
 //!   or `https://<name>.sharepoint.com`. HS256 JWTs with v1.0 app-only claims; `roles` omitted
-//!   without admin consent. AADSTS errors: 90002 (tenant), 900144 (missing parameter), 70003
-//!   (grant type), 700016 (client), 7000215 (secret), 7000218 (no credential), 1002012 (scope
-//!   shape), 70011 (unknown resource).
+//!   without admin consent; `expires_in` = `token_lifetime_secs` (`--token-lifetime-secs`,
+//!   `PUT B/_sim/admin/token-lifetime`). Certificate credentials: `client_assertion_type`
+//!   jwt-bearer + `client_assertion` signed PS256 (`x5t#S256`) or RS256 (`x5t`) with a
+//!   certificate registered on the app. AADSTS errors: 90002 (tenant), 900144 (missing
+//!   parameter), 70003 (grant type), 700016 (client), 7000215 (secret), 7000218 (no
+//!   credential), 1002012 (scope shape), 70011 (unknown resource), 50027 (assertion not a JWT),
+//!   5002738 (algorithm), 700027 (unknown thumbprint or bad signature), 700021 (`iss`/`sub` ≠
+//!   `client_id`), 700023 (`aud` ≠ this token endpoint), 700024 (outside `nbf`..`exp` ± 5 min).
 //! - `B/v1.0/…` — every request needs a Graph bearer token (401 `InvalidAuthenticationToken`
 //!   otherwise) and is matched to a template of Microsoft's `endpointIndex` (plus the
 //!   overrides in `permissions.rs`); a token without a granting role gets the 403 of the
@@ -59,6 +65,9 @@
 //!   `fault_rule` for a rule's fault; `/_sim/` calls are not logged),
 //!   `GET|PUT|DELETE B/_sim/admin/faults` (PUT a JSON array of rules or a `[faults]`-shaped
 //!   object; GET returns it with each rule's `matched`/`injected` and `throttled` counters), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,
+//!   `POST|DELETE B/_sim/admin/apps/{client_id}/certificates` (PEM; answers the thumbprints),
+//!   `PUT B/_sim/admin/token-lifetime` (seconds), `PUT B/_sim/admin/clock-offset` (seconds the
+//!   simulator's clock is ahead when checking assertions and access tokens),
 //!   `POST B/_sim/admin/users/{upn}/messages?folder=A/B` (raw MIME),
 //!   `POST …/messages/{id}/move?folder=…`, `DELETE …/messages/{id}`,
 //!   `PUT|DELETE B/_sim/admin/users/{upn}/drive/{path}`, `GET B/_sim/admin/users/{upn}/export`.
