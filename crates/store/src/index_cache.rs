@@ -937,6 +937,40 @@ mod tests {
             .contains("truncated"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Ids sharing their 8-byte prefix (the page fence) across page boundaries are all
+        /// found; ids not written are not.
+        #[test]
+        fn every_record_found_even_with_shared_prefixes(
+            ids in proptest::collection::btree_set((0u8..3, proptest::prelude::any::<[u8; 24]>()), 1..600),
+            absent in proptest::collection::vec((0u8..3, proptest::prelude::any::<[u8; 24]>()), 20),
+        ) {
+            let make = |(p, rest): &(u8, [u8; 24])| {
+                let mut b = [*p; 32];
+                b[8..].copy_from_slice(rest);
+                BlobId::from_bytes(b)
+            };
+            let recs: Vec<Rec> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (make(k), Slot { pack: 0, offset: i as u32, stored_len: 1, raw_len: 1, compression: Compression::None }))
+                .collect();
+            let mut sorted_recs = recs.clone();
+            sorted_recs.sort_by_key(|r| r.0);
+            let table = merge(&CacheLocation::Temporary, REPO, vec![Box::new(sorted_recs.into_iter().map(Ok))], recs.len() as u64, &TableMeta::default()).unwrap();
+            for (id, slot) in &recs {
+                proptest::prop_assert_eq!(table.get(id), Some(*slot));
+            }
+            for k in &absent {
+                if !ids.contains(k) {
+                    proptest::prop_assert_eq!(table.get(&make(k)), None);
+                }
+            }
+            proptest::prop_assert!(!table.is_damaged());
+        }
+    }
+
     #[test]
     fn stale_temporary_names_are_removed() {
         let dir = tempfile::tempdir().unwrap();
