@@ -26,7 +26,8 @@
 //! (the blob is stored again, never assumed present) and marks the cache for rebuilding.
 //!
 //! Written to a temporary name (mode 0600), fsynced and renamed into place, so a crash leaves
-//! the old cache or the new one. Without a cache directory the same file is made in the
+//! the old cache or the new one (and a temporary file, removed by a later run once it is an
+//! hour old). Without a cache directory the same file is made in the
 //! system's temporary directory and unlinked at once: memory stays bounded, nothing persists.
 
 use std::cmp::Reverse;
