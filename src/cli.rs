@@ -23,6 +23,28 @@ pub struct Opts {
     /// Print results as JSON on standard output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait while another process holds a conflicting repository lock (a prune
+    /// excludes everything else); after that, exit with code 11.
+    #[arg(
+        long,
+        global = true,
+        env = "M365BK_LOCK_WAIT",
+        value_name = "SECONDS",
+        default_value_t = 0
+    )]
+    pub lock_wait: u64,
+    /// Seconds a repository lock stays valid if its holder stops refreshing it (a crash); the
+    /// holder refreshes it every sixth of this. Clocks of hosts sharing a repository must agree
+    /// to well within it.
+    #[arg(
+        long,
+        global = true,
+        env = "M365BK_LOCK_TTL",
+        value_name = "SECONDS",
+        default_value_t = 1800,
+        value_parser = clap::value_parser!(u64).range(1..=86400)
+    )]
+    pub lock_ttl: u64,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -77,6 +99,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RepairCommand,
     },
+    /// Delete snapshots that a retention policy does not keep (per service and resource);
+    /// `prune` then frees their data.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot refers to and repack sparse packs (takes the exclusive lock).
+    Prune(PruneArgs),
     /// Manage the repository's key slots (one per passphrase).
     Key {
         /// What to do.
@@ -174,6 +201,70 @@ pub struct BackupArgs {
     /// Exchange item types (comma-separated): mail, calendar, contacts, mailbox_settings, onenote. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub items: Vec<String>,
+    /// Tag the new snapshots (repeatable); `forget --keep-tag`/`--tag` select by tag.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+/// `m365bk forget`. Counts of 0 are off; at least one rule is required.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots of each resource.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the N newest hours that have one (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// … of each of the N newest days.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// … of each of the N newest ISO weeks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// … of each of the N newest months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// … of each of the N newest years.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Only consider snapshots with this tag (repeatable: any of them); others are left alone.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots of this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Show what would be forgotten; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `m365bk prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repack a pack once more than this percentage of its bytes is unused (0–100; 100 only
+    /// deletes wholly unused packs).
+    #[arg(long, value_name = "PERCENT", default_value_t = 50.0, value_parser = parse_percent)]
+    pub max_unused: f64,
+    /// Show what would be deleted and repacked; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number: give a percentage from 0 to 100"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is out of range: give a percentage from 0 to 100"
+        ))
+    }
 }
 
 /// `m365bk restore`.

@@ -11,6 +11,9 @@ pub enum ExitCode {
     Incomplete = 3,
     /// No repository at the configured location.
     RepositoryMissing = 10,
+    /// Another process holds a conflicting repository lock (e.g. a prune runs, or a backup
+    /// runs while prune was asked for); the message names it.
+    Locked = 11,
     /// The repository is encrypted and the passphrase given opens none of its key slots, or
     /// none was given.
     WrongPassphrase = 12,

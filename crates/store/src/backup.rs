@@ -20,6 +20,7 @@ use crate::blob::{self, EncodedBlob};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IdSet};
 use crate::index::{self, IndexPack};
+use crate::lock::RepoLock;
 use crate::pack::{pack_path, PackBuilder};
 use crate::repository::Repository;
 use crate::snapshot::{self, ContentRef, Item, Snapshot, SnapshotDraft};
@@ -56,9 +57,16 @@ pub struct WriteStats {
 /// call [`BackupWriter::commit_snapshot`] once per backed-up resource and
 /// [`BackupWriter::finish`] at the end.
 ///
-/// Dropping it without `finish` loses only data no snapshot refers to (the open pack).
+/// Dropping it without `finish` loses only data no snapshot refers to (the open pack), and
+/// releases its lock in the background (see [`crate::finish_lock_releases`]).
+///
+/// It holds a shared [`crate::LockKind::Backup`] lock for its whole life, so no prune runs
+/// meanwhile; each commit first checks that the lock is still fresh
+/// ([`crate::Error::LockLost`] otherwise).
 pub struct BackupWriter {
     session: Arc<Session>,
+    /// The shared backup lock, held from before the index was loaded until `finish`.
+    lock: Option<RepoLock>,
 }
 
 pub(crate) struct Session {
@@ -105,9 +113,10 @@ impl std::fmt::Debug for BackupWriter {
 }
 
 impl BackupWriter {
-    pub(crate) fn new(repo: Repository) -> Self {
+    pub(crate) fn new(repo: Repository, lock: RepoLock) -> Self {
         let process_bytes = 2 * repo.inner.chunker.max_size();
         BackupWriter {
+            lock: Some(lock),
             session: Arc::new(Session {
                 repo,
                 state: Mutex::new(SessionState::default()),
@@ -117,6 +126,21 @@ impl BackupWriter {
                 process_bytes,
             }),
         }
+    }
+
+    /// Fails if the backup lock may have gone stale: a prune could then delete blobs this
+    /// session deduplicated against. Half the lock's lifetime must be left, which bounds how
+    /// long one index-and-snapshot write may take.
+    fn ensure_locked(&self) -> Result<()> {
+        match &self.lock {
+            Some(lock) => lock.ensure_valid(lock.ttl() / 2),
+            None => Ok(()),
+        }
+    }
+
+    /// The backup lock this session holds.
+    pub fn lock(&self) -> Option<&RepoLock> {
+        self.lock.as_ref()
     }
 
     /// A writer for one item's content. Several may be open at once, in different tasks.
@@ -155,7 +179,9 @@ impl BackupWriter {
         let _serial = self.session.commit_lock.lock().await;
         self.session.check_failed()?;
         let tree = self.write_tree(&draft.items).await?;
+        self.ensure_locked()?;
         self.session.flush().await?;
+        self.ensure_locked()?;
         let repo = &self.session.repo.inner;
         let (snapshot, bytes) = snapshot::encode_snapshot(
             &repo.codec,
@@ -207,11 +233,17 @@ impl BackupWriter {
     ///
     /// # Errors
     /// As [`BackupWriter::commit_snapshot`].
-    pub async fn finish(self) -> Result<WriteStats> {
-        let _serial = self.session.commit_lock.lock().await;
+    pub async fn finish(mut self) -> Result<WriteStats> {
+        let serial = self.session.commit_lock.lock().await;
         self.session.check_failed()?;
+        self.ensure_locked()?;
         self.session.flush().await?;
-        Ok(self.stats())
+        drop(serial);
+        let stats = self.stats();
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
+        Ok(stats)
     }
 }
 

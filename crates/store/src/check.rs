@@ -327,7 +327,7 @@ impl Repository {
 }
 
 /// Reads a snapshot's item list through `index` (not the repository's cache).
-async fn read_items(
+pub(crate) async fn read_items(
     repo: &Repository,
     index: &Index,
     snapshot: &Snapshot,

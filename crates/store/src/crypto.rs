@@ -36,6 +36,7 @@ pub(crate) enum Label {
     Index,
     Snapshot,
     KeySlot,
+    Lock,
 }
 
 impl Label {
@@ -47,6 +48,7 @@ impl Label {
             Label::Index => b"index",
             Label::Snapshot => b"snapshot",
             Label::KeySlot => b"key slot",
+            Label::Lock => b"lock",
         }
     }
 }

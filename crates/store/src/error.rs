@@ -311,6 +311,59 @@ pub enum Error {
         detail: String,
     },
 
+    /// Another process holds a lock that conflicts with the one asked for, and it was still
+    /// live when the wait ran out.
+    #[error(
+        "repository {location} is locked: {kind} lock ({mode}) held by pid {pid} on {hostname} since {since}, valid until {expires} unless refreshed ({object}); this {wanted} cannot run beside it: retry when it has finished, or give --lock-wait SECONDS to wait for it; if that process is gone, its lock goes stale at {expires} and is ignored from then on",
+        kind = holder.kind,
+        mode = if holder.exclusive { "exclusive" } else { "shared" },
+        pid = holder.pid,
+        hostname = holder.hostname,
+        since = holder.created.format("%Y-%m-%d %H:%M:%S UTC"),
+        expires = holder.expires.format("%Y-%m-%d %H:%M:%S UTC"),
+    )]
+    RepositoryLocked {
+        /// The location as given.
+        location: String,
+        /// The lock that was asked for.
+        wanted: crate::LockKind,
+        /// The conflicting lock object (`locks/…`).
+        object: String,
+        /// What that lock object says.
+        holder: Box<crate::LockInfo>,
+    },
+
+    /// A held lock could not be refreshed in time, so other processes may treat it as stale.
+    #[error(
+        "the {kind} lock on repository {location} was last refreshed at {refreshed} and expires at {expires}: a prune may run once it has expired, so this {kind} stops before writing anything that could refer to data prune deletes; check that the repository is reachable, then run it again"
+    )]
+    LockLost {
+        /// The location as given.
+        location: String,
+        /// What the lock was for.
+        kind: crate::LockKind,
+        /// When the lock object was last written.
+        refreshed: chrono::DateTime<chrono::Utc>,
+        /// When it goes stale.
+        expires: chrono::DateTime<chrono::Utc>,
+    },
+
+    /// `prune` found the repository in a state where deleting anything could lose data.
+    #[error(
+        "prune stopped before deleting anything: {detail}; run `m365bk check` and fix what it reports first"
+    )]
+    PruneRefused {
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A `forget` policy that would keep nothing was given.
+    #[error("{detail}")]
+    InvalidPolicy {
+        /// What is wrong, and what to give instead.
+        detail: String,
+    },
+
     /// A bug: a worker thread panicked or an invariant broke.
     #[error("internal error in the m365bk storage core ({detail}): please report this as a bug")]
     Internal {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0  magic     4 bytes  b"MBKC" config, b"MBKP" pack, b"MBKI" index, b"MBKS" snapshot,
-//!                              b"MBKK" key slot
+//!                              b"MBKK" key slot, b"MBKL" lock
 //! offset 4  version   u8       format version (1 or 2; the repository's version)
 //! offset 5  envelope  u8       0 = plaintext, 1 = sealed with XChaCha20-Poly1305 under the master key
 //! offset 6  reserved  2 bytes  zero
@@ -32,6 +32,7 @@ pub(crate) enum ObjectKind {
     Index,
     Snapshot,
     Key,
+    Lock,
 }
 
 impl ObjectKind {
@@ -42,6 +43,7 @@ impl ObjectKind {
             ObjectKind::Index => *b"MBKI",
             ObjectKind::Snapshot => *b"MBKS",
             ObjectKind::Key => *b"MBKK",
+            ObjectKind::Lock => *b"MBKL",
         }
     }
 
@@ -52,6 +54,7 @@ impl ObjectKind {
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Key => "key",
+            ObjectKind::Lock => "lock",
         }
     }
 
@@ -63,6 +66,7 @@ impl ObjectKind {
             ObjectKind::Index => Label::Index,
             ObjectKind::Snapshot => Label::Snapshot,
             ObjectKind::Key => Label::KeySlot,
+            ObjectKind::Lock => Label::Lock,
         }
     }
 }

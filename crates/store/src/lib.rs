@@ -16,6 +16,11 @@
 //!   files, and returns a [`ContentRef`]. [`BackupWriter::commit_snapshot`] then writes an
 //!   index file and a [`Snapshot`] listing the resource's [`Item`]s.
 //! - [`Catalog`]: snapshots, items and job runs in SQLite, rebuildable from the repository.
+//! - Maintenance: [`Repository::lock`] takes a shared or exclusive [`RepoLock`] (lock objects
+//!   under `locks/`, refreshed while held, stale after their expiry); backups hold a shared
+//!   one. [`Repository::forget`] applies a retention policy ([`ForgetOptions`],
+//!   [`ForgetPlan`]); [`Repository::prune`] deletes unused data and repacks sparse packs under
+//!   the exclusive lock ([`PruneOptions`], [`PruneReport`]).
 //!
 //! The on-disk format is described in `docs/repository-format.md`.
 //!
@@ -84,13 +89,16 @@ mod config;
 mod crypto;
 mod error;
 mod filter;
+mod forget;
 mod format;
 mod id;
 mod index;
 mod index_cache;
 mod keys;
 mod location;
+mod lock;
 mod pack;
+mod prune;
 mod repository;
 mod snapshot;
 
@@ -98,12 +106,18 @@ pub use backup::{BackupWriter, ContentWriter, WriteStats};
 pub use catalog::{Catalog, DeltaPageRow, ItemRow, JobRun, SnapshotRow, SyncStats};
 pub use check::{CheckOptions, CheckProblem, CheckReport};
 pub use error::{Error, Result};
+pub use forget::{ForgetGroup, ForgetOptions, ForgetPlan, ForgetReport, PlannedSnapshot};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 pub use index::default_cache_dir;
 #[doc(hidden)]
 pub use index::BenchBlob;
 pub use keys::{KdfParams, KeyInfo};
 pub use location::{Backend, BackendOptions, Location, RetryOptions, CREDENTIAL_FILES};
+pub use lock::{
+    finish_lock_releases, LockInfo, LockKind, LockOptions, RepoLock, DEFAULT_LOCK_TTL,
+    MAX_LOCK_TTL, MIN_LOCK_TTL,
+};
+pub use prune::{PruneOptions, PruneReport, DEFAULT_MAX_UNUSED_PERCENT};
 pub use repository::{Encryption, InitOptions, RepoStats, Repository};
 /// Passphrases are passed as `secrecy`'s `SecretString` (zeroed on drop, redacted in `Debug`).
 pub use secrecy::SecretString;

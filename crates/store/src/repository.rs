@@ -22,6 +22,7 @@ use crate::index::{Index, Located};
 use crate::index_cache::CacheLocation;
 use crate::keys::{self, KdfParams};
 use crate::location::{BackendOptions, Location};
+use crate::lock::{LockKind, LockOptions};
 use crate::pack::pack_path;
 use crate::snapshot::{self, ContentRef, Item, Snapshot};
 
@@ -425,14 +426,25 @@ impl Repository {
         &self.inner.location
     }
 
-    /// Starts a backup session: loads every index file not yet in memory, so content already in
+    /// Starts a backup session: takes a shared backup lock (not waiting if a prune holds the
+    /// exclusive one), then loads every index file not yet in memory, so content already in
     /// the repository is not stored again.
     ///
     /// # Errors
-    /// [`Error::CorruptObject`] for a damaged index file, [`Error::Backend`].
+    /// [`Error::RepositoryLocked`] while a prune runs, [`Error::CorruptObject`] for a damaged
+    /// index file, [`Error::Backend`].
     pub async fn begin_backup(&self) -> Result<BackupWriter> {
+        self.begin_backup_with(&LockOptions::default()).await
+    }
+
+    /// [`Repository::begin_backup`], waiting for the lock and refreshing it as `lock` says.
+    ///
+    /// # Errors
+    /// As [`Repository::begin_backup`].
+    pub async fn begin_backup_with(&self, lock: &LockOptions) -> Result<BackupWriter> {
+        let held = self.lock(LockKind::Backup, lock).await?;
         self.inner.refresh_index().await?;
-        Ok(BackupWriter::new(self.clone()))
+        Ok(BackupWriter::new(self.clone(), held))
     }
 
     /// All snapshots, oldest first (ties broken by id).

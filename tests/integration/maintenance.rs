@@ -1,0 +1,507 @@
+//! Issue 3, done-when 4: two concurrent backups and a concurrent prune on one repository lose
+//! nothing; and prune against a live lock (exit 11, naming the holder) and a stale one
+//! (ignored, removed). Real `m365bk` processes, the simulator over HTTP, the small corpus.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::harness::{
+    content_set, corpus, corpus_users, matrix_permissions, Env, Sim, PASSPHRASE, SECRET,
+    TEST_KDF_ENV,
+};
+
+fn all_roles() -> Vec<String> {
+    let mut roles = Vec::new();
+    for service in ["exchange", "onedrive"] {
+        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
+            if !roles.contains(&p) {
+                roles.push(p);
+            }
+        }
+    }
+    roles
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn area(service: &str) -> &'static str {
+    if service == "exchange" {
+        "mail"
+    } else {
+        "drive"
+    }
+}
+
+/// What each user's mail and drive held: (user, area) → content set.
+type Truth = BTreeMap<(String, &'static str), BTreeMap<(String, String), usize>>;
+
+async fn truth(sim: &Sim, users: &[String]) -> Truth {
+    let mut out = BTreeMap::new();
+    for u in users {
+        let e = sim.export(u).await;
+        for a in ["mail", "drive"] {
+            out.insert((u.clone(), a), content_set(&e, a, ""));
+        }
+    }
+    out
+}
+
+/// A `m365bk` command started in the background with the tests' environment.
+fn spawn(env: &Env, args: &[&str]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365bk"));
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("M365BK_CLIENT_SECRET", SECRET)
+        .env("M365BK_PASSPHRASE", PASSPHRASE)
+        .env("M365BK_LOG", "info")
+        .env_remove("M365BK_NEW_PASSPHRASE")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in TEST_KDF_ENV {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start m365bk")
+}
+
+async fn finish(child: tokio::process::Child, what: &str) -> (i32, String, String) {
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "$ m365bk {what}\n-> {}\n{}",
+        out.status,
+        stderr
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+fn last_json(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .unwrap_or_else(|| panic!("no JSON on stdout: {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Lock objects in the repository (staging files of interrupted writes excluded).
+fn lock_objects(env: &Env) -> Vec<String> {
+    std::fs::read_dir(env.repo.join("locks"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Restores `id` into its own user under `folder` and compares the result with `want`.
+async fn assert_restores(
+    sim: &Sim,
+    env: &Env,
+    id: &str,
+    user: &str,
+    service: &str,
+    folder: &str,
+    want: &BTreeMap<(String, String), usize>,
+) {
+    env.run(&["--json", "restore", id, "--folder-name", folder])
+        .await
+        .ok();
+    let export = sim.export(user).await;
+    let got = content_set(&export, area(service), folder);
+    assert!(!want.is_empty(), "{user} has {service} content");
+    assert_eq!(
+        &got, want,
+        "snapshot {id} ({service} of {user}) restores byte for byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    let u0 = users[0].clone();
+
+    // 1. A drive backup that includes a 3 MB file, which is then deleted at the source; a
+    //    second backup without it; forget the first: the file's blobs become garbage that
+    //    sits in a pack with blobs still in use.
+    sim.admin(
+        Method::PUT,
+        &format!("users/{u0}/drive/Scratch/big.bin"),
+        noise(7, 3_000_000),
+    )
+    .await;
+    env.run(&[
+        "backup",
+        "--service",
+        "onedrive",
+        "--all-users",
+        "--tag",
+        "first",
+    ])
+    .await
+    .ok();
+    sim.admin(
+        Method::DELETE,
+        &format!("users/{u0}/drive/Scratch/big.bin"),
+        Vec::new(),
+    )
+    .await;
+    let truth_second = truth(&sim, &users).await;
+    env.run(&["backup", "--service", "onedrive", "--all-users"])
+        .await
+        .ok();
+    let dry = env
+        .run(&["--json", "forget", "--keep-last", "1", "--dry-run"])
+        .await
+        .ok()
+        .json();
+    let doomed: usize = dry["plan"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["remove"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        doomed,
+        users.len(),
+        "dry run: the first drive snapshot of each user"
+    );
+    let forgot = env
+        .run(&[
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--service",
+            "onedrive",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(forgot["removed"], users.len());
+    let listed = env.run(&["--json", "snapshots"]).await.ok().json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        users.len(),
+        "the catalog forgot them too"
+    );
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["tags"].as_array().unwrap().is_empty()));
+
+    // 2. A new file for the concurrent drive backup to store.
+    sim.admin(
+        Method::PUT,
+        &format!("users/{u0}/drive/Scratch/new.bin"),
+        noise(8, 1_500_000),
+    )
+    .await;
+    let truth_third = truth(&sim, &users).await;
+    let before = env.repo_bytes();
+
+    // 3. Two backups and a prune at once. Whoever holds the lock first, the others wait.
+    let wait = ["--lock-wait", "120"];
+    let ex = spawn(
+        &env,
+        &[
+            &wait[..],
+            &["--json", "backup", "--service", "exchange", "--all-users"],
+        ]
+        .concat(),
+    );
+    let od = spawn(
+        &env,
+        &[
+            &wait[..],
+            &["--json", "backup", "--service", "onedrive", "--all-users"],
+        ]
+        .concat(),
+    );
+    let pr = spawn(
+        &env,
+        &[&wait[..], &["--json", "prune", "--max-unused", "10"]].concat(),
+    );
+    let (ex, od, pr) = tokio::join!(
+        finish(ex, "backup exchange"),
+        finish(od, "backup onedrive"),
+        finish(pr, "prune")
+    );
+    assert_eq!(ex.0, 0, "exchange backup: {}", ex.2);
+    assert_eq!(od.0, 0, "onedrive backup: {}", od.2);
+    assert_eq!(pr.0, 0, "prune: {}", pr.2);
+    let report = last_json(&pr.1);
+    eprintln!("prune report: {report}");
+    assert!(
+        report["bytes_freed"].as_u64().unwrap() > 2_500_000,
+        "prune freed the deleted file's 3 MB: {report}"
+    );
+    assert!(
+        report["packs_repacked"].as_u64().unwrap() + report["packs_deleted"].as_u64().unwrap() >= 1
+    );
+    eprintln!(
+        "repository {before} B before the concurrent run, {} B after",
+        env.repo_bytes()
+    );
+    assert!(lock_objects(&env).is_empty(), "every lock was released");
+
+    // 4. Again, with the backups first (slowed down by the simulator) and the prune started
+    //    while they hold their locks: it waits for them, then runs.
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({ "latency_ms": 100 }).to_string().into_bytes(),
+    )
+    .await;
+    let ex = spawn(
+        &env,
+        &[
+            &wait[..],
+            &["--json", "backup", "--service", "exchange", "--all-users"],
+        ]
+        .concat(),
+    );
+    let od = spawn(
+        &env,
+        &[
+            &wait[..],
+            &["--json", "backup", "--service", "onedrive", "--all-users"],
+        ]
+        .concat(),
+    );
+    let started = Instant::now();
+    while lock_objects(&env).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a backup took its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pr = spawn(
+        &env,
+        &[&wait[..], &["--json", "prune", "--max-unused", "0"]].concat(),
+    );
+    let (ex, od, pr) = tokio::join!(
+        finish(ex, "backup exchange"),
+        finish(od, "backup onedrive"),
+        finish(pr, "prune")
+    );
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({ "latency_ms": 0 }).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (ex.0, od.0, pr.0),
+        (0, 0, 0),
+        "{}\n{}\n{}",
+        ex.2,
+        od.2,
+        pr.2
+    );
+    assert!(
+        pr.2.contains("repository is locked; waiting") && pr.2.contains("held_by=backup lock"),
+        "prune waited for a backup: {}",
+        pr.2
+    );
+    assert!(lock_objects(&env).is_empty(), "every lock was released");
+
+    // 5. check --read-data is clean; every snapshot restores byte for byte.
+    let check = env
+        .run(&["--json", "check", "--read-data"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(check["errors"], json!([]), "{check}");
+    let snaps = env.run(&["--json", "snapshots"]).await.ok().json();
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), 5 * users.len(), "{snaps:#?}");
+    let mut drive_seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (n, s) in snaps.iter().enumerate() {
+        let id = s["id"].as_str().unwrap();
+        let service = s["service"].as_str().unwrap();
+        let user = s["resource_name"].as_str().unwrap();
+        let want = if service == "exchange" {
+            &truth_third[&(user.to_string(), "mail")]
+        } else {
+            // Oldest first: the second drive backup, then the concurrent one.
+            let k = drive_seen.entry(user.to_string()).or_insert(0);
+            *k += 1;
+            let t = if *k == 1 { &truth_second } else { &truth_third };
+            &t[&(user.to_string(), "drive")]
+        };
+        assert_restores(
+            &sim,
+            &env,
+            id,
+            user,
+            service,
+            &format!("Restored-check-{n}"),
+            want,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_stale() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    env.run(&["backup", "--service", "onedrive", "--user", &users[0]])
+        .await
+        .ok();
+    let want = content_set(&sim.export(&users[0]).await, "drive", "");
+
+    // A slow backup with a 4 s lock, killed with SIGKILL while it holds its lock: the lock
+    // stays behind, live until it expires.
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({ "latency_ms": 300 }).to_string().into_bytes(),
+    )
+    .await;
+    let mut child = spawn(
+        &env,
+        &[
+            "--lock-ttl",
+            "4",
+            "backup",
+            "--service",
+            "onedrive",
+            "--all-users",
+        ],
+    );
+    let pid = child.id().unwrap();
+    let started = Instant::now();
+    while lock_objects(&env).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the backup took its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(9), "killed while running");
+    let killed_at = Instant::now();
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({ "latency_ms": 0 }).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        lock_objects(&env).len(),
+        1,
+        "the dead backup's lock is left"
+    );
+
+    // Live: prune refuses at once with exit code 11 and names the holder.
+    let refused = env.run(&["prune"]).await;
+    assert_eq!(refused.code, 11, "{}", refused.stderr);
+    for needle in [
+        "is locked",
+        "backup lock (shared)",
+        &format!("pid {pid}"),
+        "--lock-wait",
+        "goes stale at",
+    ] {
+        assert!(
+            refused.stderr.contains(needle),
+            "{needle:?} in {}",
+            refused.stderr
+        );
+    }
+    // A backup (shared) is not blocked by it.
+    env.run(&["backup", "--service", "exchange", "--user", &users[0]])
+        .await
+        .ok();
+
+    // Stale: a prune that waits gets the lock once the dead one expires, and removes it.
+    let pruned = env
+        .run(&["--lock-wait", "30", "--json", "prune"])
+        .await
+        .ok();
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(2),
+        "prune waited for the lock to go stale"
+    );
+    assert!(
+        pruned.stderr.contains("removing a stale lock"),
+        "{}",
+        pruned.stderr
+    );
+    let report = pruned.json();
+    assert!(
+        report["unindexed_packs_deleted"].as_u64().unwrap() <= 2,
+        "{report}"
+    );
+    assert!(lock_objects(&env).is_empty());
+
+    let check = env
+        .run(&["--json", "check", "--read-data"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(check["errors"], json!([]), "{check}");
+    assert_eq!(
+        check["unindexed_packs"],
+        json!([]),
+        "prune removed the dead backup's packs"
+    );
+    let snaps = env
+        .run(&["--json", "snapshots", "--service", "onedrive"])
+        .await
+        .ok()
+        .json();
+    let first = snaps[0]["id"].as_str().unwrap();
+    assert_restores(
+        &sim,
+        &env,
+        first,
+        &users[0],
+        "onedrive",
+        "Restored-after-prune",
+        &want,
+    )
+    .await;
+}
