@@ -25,8 +25,10 @@ use crate::pack::{pack_path, PackBuilder};
 use crate::repository::Repository;
 use crate::snapshot::{self, ContentRef, Item, Snapshot, SnapshotDraft};
 
-/// Packs sealed but not yet uploaded, across the session; writers wait beyond this.
-pub(crate) const MAX_PACKS_IN_FLIGHT: usize = 3;
+/// Packs sealed but not yet uploaded, across the session; writers wait beyond this. With the
+/// open pack, at most three packs' bytes (48 MiB) are held: two uploads keep a local disk or an
+/// object store busy, and more only raises peak memory.
+pub(crate) const MAX_PACKS_IN_FLIGHT: usize = 2;
 /// Concurrent pack uploads per session.
 const UPLOAD_SLOTS: usize = 2;
 /// Buffers this small are chunked on the async thread: a blocking-pool hop costs more.

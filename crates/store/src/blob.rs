@@ -51,20 +51,42 @@ const SAMPLE_TEST_MIN_BYTES: usize = 64 * 1024;
 const SAMPLE_WINDOW_BYTES: usize = 8 * 1024;
 
 thread_local! {
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    /// This thread's compression contexts, one per level used (the sample test's level 1 and
+    /// the repository's level): switching one context between levels would rebuild it for
+    /// every chunk.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// One decompression context per thread: making one per blob costs more than decompressing
+    /// a small blob.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses one zstd frame of at most `capacity` bytes with this thread's context.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("set above").decompress(data, capacity)
+    })
 }
 
 fn with_compressor<R>(
     level: i32,
     f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R,
 ) -> Option<R> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
-        }
-        slot.as_mut().map(|(_, c)| f(c))
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let i = match all.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                all.push((level, zstd::bulk::Compressor::new(level).ok()?));
+                all.len() - 1
+            }
+        };
+        Some(f(&mut all[i].1))
     })
 }
 
@@ -83,14 +105,22 @@ fn compress_if_smaller(level: i32, data: &[u8], prefix: usize, spare: usize) -> 
     cursor.set_position(prefix as u64);
     let limit = data.len() - 1;
     match with_compressor(level, |c| c.compress_to_buffer(data, &mut cursor))? {
-        Ok(n) if n <= limit => Some(out),
+        Ok(n) if n <= limit => {
+            // The buffer was sized for the input: give back what compression saved, or a pack
+            // of well-compressed blobs would hold several times its size in memory.
+            if out.capacity() - out.len() > spare + out.len() / 8 {
+                out.shrink_to(out.len() + spare);
+            }
+            Some(out)
+        }
         _ => None,
     }
 }
 
 /// Whether a sample of `data` shrinks by at least 3 % at zstd level 1. Compressed media
 /// (JPEG, ZIP, MP4, encrypted PDFs) fails this test and skips the full compression attempt.
-fn sample_compresses(data: &[u8]) -> bool {
+/// `data` must hold at least [`SAMPLE_TEST_MIN_BYTES`].
+pub(crate) fn sample_compresses(data: &[u8]) -> bool {
     let w = SAMPLE_WINDOW_BYTES;
     let mid = data.len() / 2 - w / 2;
     let mut sample = Vec::with_capacity(3 * w);
@@ -172,7 +202,7 @@ pub(crate) fn decode(
     let raw = match compression {
         Compression::None => stored,
         Compression::Zstd => {
-            let out = zstd::bulk::decompress(&stored, raw_len as usize)
+            let out = decompress(&stored, raw_len as usize)
                 .map_err(|e| format!("blob {id} does not decompress: {e}"))?;
             Bytes::from(out)
         }

@@ -102,6 +102,9 @@ mod prune;
 mod repository;
 mod snapshot;
 
+#[doc(hidden)]
+pub mod bench_api;
+
 pub use backup::{BackupWriter, ContentWriter, WriteStats};
 pub use catalog::{Catalog, DeltaPageRow, ItemRow, JobRun, SnapshotRow, SyncStats};
 pub use check::{CheckOptions, CheckProblem, CheckReport};

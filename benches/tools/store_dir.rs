@@ -1,0 +1,319 @@
+//! `store-dir`: backs up a local directory tree into an m365bk repository and restores it, with
+//! the storage core's public API only. It exists so `benches/vs-restic.py` can run m365bk's
+//! store and restic on the same files; m365bk itself backs up Microsoft 365, not directories.
+//!
+//! ```text
+//! cargo build --release --example store-dir
+//! M365BK_PASSPHRASE=… store-dir init REPO
+//! M365BK_PASSPHRASE=… store-dir backup REPO DIR       # incremental against DIR's last snapshot
+//! M365BK_PASSPHRASE=… store-dir restore REPO TARGET   # DIR's last snapshot into TARGET
+//! ```
+//!
+//! Like the Exchange and OneDrive workers, `backup` runs several content writers at once
+//! (`--jobs N`, default 4, as the workers' default concurrency), each streaming one file into a [`m365bk_store::ContentWriter`]; the
+//! store chunks, hashes, compresses and seals on its blocking pool. A file whose size, mtime,
+//! ctime and inode equal those recorded in the parent snapshot is not read again (its
+//! [`ContentRef`] is reused), as restic does by default. `restore` writes several files at once,
+//! each fetching a few blobs ahead; files with identical content are fetched once and then
+//! copied. Each command prints one JSON line of statistics.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use m365bk_store::{
+    ContentRef, Encryption, InitOptions, Item, KdfParams, Repository, SecretString, SnapshotDraft,
+};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+/// Bytes read from a file per write into its content writer.
+const READ_BYTES: usize = 1024 * 1024;
+const SERVICE: &str = "files";
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn passphrase() -> Res<SecretString> {
+    let p = std::env::var("M365BK_PASSPHRASE")
+        .map_err(|_| "set $M365BK_PASSPHRASE to the repository passphrase")?;
+    Ok(SecretString::from(p))
+}
+
+fn usage() -> ! {
+    eprintln!("usage: store-dir init REPO | backup REPO DIR [--jobs N] | restore REPO TARGET [--jobs N] [--source DIR]");
+    std::process::exit(2)
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut jobs = 4usize;
+    let mut source: Option<String> = None;
+    let mut pos = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--jobs" => {
+                jobs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--source" => source = Some(it.next().unwrap_or_else(|| usage())),
+            _ => pos.push(a),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let stats = match pos.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["init", repo] => rt.block_on(init(repo))?,
+        ["backup", repo, dir] => rt.block_on(backup(repo, Path::new(dir), jobs))?,
+        ["restore", repo, target] => {
+            rt.block_on(restore(repo, Path::new(target), source.as_deref(), jobs))?
+        }
+        _ => usage(),
+    };
+    let mut stats = stats;
+    stats["seconds"] = json!(started.elapsed().as_secs_f64());
+    println!("{stats}");
+    Ok(())
+}
+
+async fn init(repo: &str) -> Res<serde_json::Value> {
+    let r = Repository::init(
+        repo,
+        InitOptions {
+            encryption: Encryption::Passphrase(passphrase()?),
+            kdf: KdfParams::RECOMMENDED,
+        },
+    )
+    .await?;
+    Ok(json!({ "repository": r.id() }))
+}
+
+/// Files under `dir`, as (path relative to `dir` with `/` separators, absolute path), sorted.
+fn walk(dir: &Path) -> Res<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            let p = e.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(dir)?.to_string_lossy().into_owned();
+                out.push((rel, p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn file_meta(m: &std::fs::Metadata) -> serde_json::Value {
+    json!({
+        "mtime_ns": m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        "ctime_ns": m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        "ino": m.ino(),
+        "mode": m.mode(),
+    })
+}
+
+async fn backup(repo: &str, dir: &Path, jobs: usize) -> Res<serde_json::Value> {
+    let dir = std::fs::canonicalize(dir)?;
+    let resource = dir.to_string_lossy().into_owned();
+    let repo = Repository::open(repo, Some(passphrase()?)).await?;
+    let parent = repo
+        .list_snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|s| s.service == SERVICE && s.resource_id == resource);
+    let parent_items: std::collections::HashMap<String, Item> = match &parent {
+        Some(p) => repo
+            .load_items(p)
+            .await?
+            .into_iter()
+            .map(|i| (i.path.clone(), i))
+            .collect(),
+        None => Default::default(),
+    };
+    let files = walk(&dir)?;
+    let writer = Arc::new(repo.begin_backup().await?);
+    let parent_items = Arc::new(parent_items);
+    let mut reused = 0u64;
+    let items: Vec<(Item, bool)> = futures::stream::iter(files)
+        .map(|(rel, path)| {
+            let writer = writer.clone();
+            let parent_items = parent_items.clone();
+            async move {
+                let meta = std::fs::symlink_metadata(&path)?;
+                let metadata = file_meta(&meta);
+                let modified = meta.modified().ok().map(chrono::DateTime::from);
+                if let Some(old) = parent_items.get(&rel) {
+                    if let Some(content) = &old.content {
+                        if old.size == meta.len()
+                            && old.metadata == metadata
+                            && writer.contains(content)
+                        {
+                            return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                                old.clone(),
+                                true,
+                            ));
+                        }
+                    }
+                }
+                let content = store_file(&writer, path).await?;
+                Ok((
+                    Item {
+                        kind: "file".into(),
+                        id: rel.clone(),
+                        parent_id: None,
+                        path: rel,
+                        change_key: None,
+                        size: content.size,
+                        modified,
+                        metadata,
+                        content: Some(content),
+                    },
+                    false,
+                ))
+            }
+        })
+        .buffered(jobs)
+        .try_collect()
+        .await?;
+    let items: Vec<Item> = items
+        .into_iter()
+        .map(|(i, r)| {
+            reused += u64::from(r);
+            i
+        })
+        .collect();
+    let count = items.len();
+    let snapshot = writer
+        .commit_snapshot(SnapshotDraft {
+            service: SERVICE.into(),
+            resource_id: resource.clone(),
+            resource_name: resource,
+            parent: parent.map(|p| p.id),
+            items,
+            ..Default::default()
+        })
+        .await?;
+    let writer = Arc::try_unwrap(writer).map_err(|_| "writer still shared")?;
+    let stats = writer.finish().await?;
+    Ok(json!({
+        "snapshot": snapshot.id.to_string(),
+        "files": count,
+        "files_unchanged": reused,
+        "bytes": snapshot.total_size,
+        "stats": stats,
+    }))
+}
+
+async fn store_file(writer: &m365bk_store::BackupWriter, path: PathBuf) -> Res<ContentRef> {
+    let mut cw = writer.content_writer();
+    // One read buffer per file, handed to the blocking pool and back: a fresh buffer per read,
+    // freed on another thread, fragments glibc's per-thread arenas.
+    let mut state = Some((std::fs::File::open(&path)?, Vec::with_capacity(READ_BYTES)));
+    loop {
+        let (f, buf) = state.take().expect("file and buffer");
+        let (f, buf) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let (mut f, mut buf) = (f, buf);
+            buf.clear();
+            let r = (&mut f).take(READ_BYTES as u64).read_to_end(&mut buf);
+            r.map(|_| (f, buf))
+        })
+        .await??;
+        if buf.is_empty() {
+            break;
+        }
+        cw.write(&buf).await?;
+        state = Some((f, buf));
+    }
+    Ok(cw.finish().await?)
+}
+
+async fn restore(
+    repo: &str,
+    target: &Path,
+    source: Option<&str>,
+    jobs: usize,
+) -> Res<serde_json::Value> {
+    let repo = Repository::open(repo, Some(passphrase()?)).await?;
+    let snapshot = repo
+        .list_snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|s| s.service == SERVICE && source.is_none_or(|d| s.resource_id == d))
+        .ok_or("no snapshot to restore")?;
+    let items = repo.load_items(&snapshot).await?;
+    let mut dirs: Vec<PathBuf> = items
+        .iter()
+        .filter_map(|i| target.join(&i.path).parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+    }
+    // Files with the same content are fetched once and copied (restic likewise reads each
+    // blob once per restore and writes it to every file that holds it).
+    let mut groups: Vec<(Option<ContentRef>, Vec<PathBuf>)> = Vec::new();
+    let mut by_content: std::collections::HashMap<Vec<m365bk_store::BlobId>, usize> =
+        Default::default();
+    for item in items {
+        let path = target.join(&item.path);
+        let key = item
+            .content
+            .as_ref()
+            .map(|c| c.blobs.clone())
+            .unwrap_or_default();
+        match by_content.get(&key) {
+            Some(&g) => groups[g].1.push(path),
+            None => {
+                by_content.insert(key, groups.len());
+                groups.push((item.content, vec![path]));
+            }
+        }
+    }
+    let bytes: u64 = futures::stream::iter(groups)
+        .map(|(content, paths)| {
+            let repo = repo.clone();
+            async move {
+                let first = paths[0].clone();
+                let mut file = tokio::fs::File::create(&first).await?;
+                let mut n = 0u64;
+                if let Some(content) = &content {
+                    let mut blobs = std::pin::pin!(repo.read_content(content));
+                    while let Some(b) = blobs.try_next().await? {
+                        n += b.len() as u64;
+                        file.write_all(&b).await?;
+                    }
+                }
+                file.flush().await?;
+                drop(file);
+                let copies = paths.len() as u64 - 1;
+                tokio::task::spawn_blocking(move || {
+                    for p in &paths[1..] {
+                        std::fs::copy(&paths[0], p)?;
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await??;
+                Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n * (1 + copies))
+            }
+        })
+        .buffer_unordered(jobs)
+        .try_fold(0u64, |a, n| async move { Ok(a + n) })
+        .await?;
+    Ok(json!({ "snapshot": snapshot.id.to_string(), "bytes": bytes }))
+}
