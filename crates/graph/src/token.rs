@@ -19,7 +19,8 @@ use crate::error::{body_snippet, parse_token_error, Error, Result};
 use crate::http::{display_url, send_buffered, HttpClient};
 use crate::retry::{self, header_str, Call};
 
-/// A cached token is replaced when it has less than this left.
+/// A cached token is replaced when it has less than this left — or less than a quarter of
+/// its lifetime, for tokens shorter than 20 minutes.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// Where the identity platform and Microsoft Graph are.

@@ -288,12 +288,13 @@ mod token {
     }
 
     #[tokio::test]
-    async fn refreshed_when_less_than_five_minutes_left() {
+    async fn refreshed_when_less_than_its_margin_left() {
+        // A short-lived token (1 s) is replaced when a quarter of its lifetime is left
+        // (REFRESH_MARGIN, 5 minutes, applies to tokens of 20 minutes or more).
         let issued = Arc::new(AtomicU64::new(0));
         let i = issued.clone();
-        // 299 s lifetime: already inside the 5-minute refresh margin.
         let server = serve(move |_| {
-            let r = token_ok(&i, 299);
+            let r = token_ok(&i, 1);
             async move { r }
         })
         .await;
@@ -304,9 +305,35 @@ mod token {
         );
         assert_eq!(
             tokens.token(&Audience::Graph).await.unwrap().secret(),
-            "tok-2"
+            "tok-1",
+            "reused while more than a quarter of its lifetime is left"
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            tokens.token(&Audience::Graph).await.unwrap().secret(),
+            "tok-2",
+            "replaced once less than a quarter is left"
         );
         assert_eq!(tokens.request_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_299_second_token_is_reused_until_a_quarter_is_left() {
+        let issued = Arc::new(AtomicU64::new(0));
+        let i = issued.clone();
+        let server = serve(move |_| {
+            let r = token_ok(&i, 299);
+            async move { r }
+        })
+        .await;
+        let (_, tokens) = clients(&server, fast_policy());
+        for _ in 0..3 {
+            assert_eq!(
+                tokens.token(&Audience::Graph).await.unwrap().secret(),
+                "tok-1"
+            );
+        }
+        assert_eq!(tokens.request_count(), 1);
     }
 
     #[tokio::test]
