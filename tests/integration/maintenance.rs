@@ -505,3 +505,40 @@ async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_stale() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_prune_refuse_bad_options_and_change_nothing() {
+    // No simulator needed: nothing here talks to Microsoft.
+    let env = Env::new("http://127.0.0.1:9");
+    env.run(&["init"]).await.ok();
+    let before = env.repo_bytes();
+
+    let r = env.run(&["forget"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no retention rule given") && r.stderr.contains("--keep-last"),
+        "{}",
+        r.stderr
+    );
+    let r = env
+        .run(&["forget", "--keep-last", "1", "--service", "fax"])
+        .await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("fax"), "{}", r.stderr);
+    let r = env.run(&["prune", "--max-unused", "150"]).await;
+    assert_eq!(r.code, 2, "a usage error: {}", r.stderr);
+    assert!(r.stderr.contains("from 0 to 100"), "{}", r.stderr);
+
+    // An empty repository: both run, report nothing to do, and leave no lock behind.
+    let dry = env.run(&["--json", "prune", "--dry-run"]).await.ok().json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["bytes_freed"], 0);
+    let forgot = env
+        .run(&["--json", "forget", "--keep-daily", "7"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(forgot["removed"], 0);
+    assert!(lock_objects(&env).is_empty());
+    assert_eq!(env.repo_bytes(), before, "nothing was written");
+}
