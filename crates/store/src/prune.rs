@@ -1092,6 +1092,9 @@ mod tests {
         expected.insert(("r3".to_owned(), "c".to_owned()), c);
         drop(repo);
 
+        let index_files = std::fs::read_dir(template.path().join("index"))
+            .unwrap()
+            .count();
         // How many writes and deletes a whole prune makes.
         let (full, _dir, total) = prune_crashing_after(template.path(), i64::MAX / 2).await;
         let full = full.unwrap();
@@ -1103,6 +1106,8 @@ mod tests {
             total >= 7,
             "lock, pack, index, 3 index deletes, pack deletes…: {total}"
         );
+        eprintln!("a whole prune makes {total} writes and deletes: {full:?}");
+        assert_eq!(full.index_files_deleted, index_files as u64);
 
         for budget in 0..total {
             let (outcome, dir, _) = prune_crashing_after(template.path(), budget).await;
