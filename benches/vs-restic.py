@@ -323,7 +323,7 @@ def build_corpus(out: Path, size_mib: int):
 
 
 def run(cmd, env=None, cwd=None):
-    """Runs cmd; returns (seconds, peak RSS in KiB, stdout). Fails loudly."""
+    """Runs cmd; returns (seconds, peak RSS in KiB, stdout) and sets run.cpu. Fails loudly."""
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # wait4 gives this child's own rusage, so ru_maxrss is its peak RSS (KiB on Linux).
@@ -339,6 +339,7 @@ def run(cmd, env=None, cwd=None):
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{err_chunks[0].decode(errors='replace')[-3000:]}")
+    run.cpu = usage.ru_utime + usage.ru_stime  # CPU seconds of the last run (user + system)
     return secs, usage.ru_maxrss, out_chunks[0].decode(errors="replace")
 
 
@@ -425,9 +426,9 @@ def measure(tool: str, corpus: Path, work: Path, restic: str, store_dir: Path, j
         finally:
             os.rename(live, corpus / day)
         sizes[day] = dir_bytes(repo)
-        log(f"  {tool} {day}: {res[day][0]:.1f} s, peak RSS {res[day][1] // 1024} MiB, repository {sizes[day] / MIB:.0f} MiB")
+        log(f"  {tool} {day}: {res[day][0]:.1f} s ({run.cpu:.1f} s CPU), peak RSS {res[day][1] // 1024} MiB, repository {sizes[day] / MIB:.0f} MiB")
     res["restore"] = run(restore, env)[:2]
-    log(f"  {tool} restore: {res['restore'][0]:.1f} s, peak RSS {res['restore'][1] // 1024} MiB")
+    log(f"  {tool} restore: {res['restore'][0]:.1f} s ({run.cpu:.1f} s CPU), peak RSS {res['restore'][1] // 1024} MiB")
     # restic restores the absolute path below the target.
     root = restored / str(live).lstrip("/") if tool == "restic" else restored
     return res, sizes, root

@@ -341,7 +341,7 @@ impl Session {
     async fn upload_pack(self: Arc<Self>, seq: u64, builder: PackBuilder) {
         let _slot = self.upload_slots.clone().acquire_owned().await;
         let codec = self.repo.inner.codec.clone();
-        let sealed = match tokio::task::spawn_blocking(move || builder.seal(&codec)).await {
+        let sealed = match crate::compute::run(move || builder.seal(&codec)).await {
             Ok(sealed) => sealed,
             Err(e) => {
                 self.fail(format!("sealing a pack failed: {e}"));
@@ -511,16 +511,12 @@ impl ContentWriter {
             (buf, result)
         } else {
             let session = self.session.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::compute::run(move || {
                 let result = session.ingest(&handle, &buf, at_end);
                 (buf, result)
             })
             .await
-            .map_err(|e| {
-                let err = Error::join(e);
-                self.session.fail(err.to_string());
-                err
-            })?
+            .inspect_err(|err| self.session.fail(err.to_string()))?
         };
         let (ids, consumed) = result?;
         self.blobs.extend(ids);

@@ -85,6 +85,7 @@ mod blob;
 mod catalog;
 mod check;
 mod chunker;
+mod compute;
 mod config;
 mod crypto;
 mod error;

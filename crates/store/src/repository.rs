@@ -802,7 +802,7 @@ pub(crate) async fn fetch_blob(
     }
     let key = Zeroizing::new(*key);
     let codec = codec.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::compute::run(move || {
         blob::decode(
             &key,
             &codec,
@@ -812,8 +812,7 @@ pub(crate) async fn fetch_blob(
             entry.raw_len,
         )
     })
-    .await
-    .map_err(Error::join)?
+    .await?
     .map_err(|detail| Error::CorruptObject {
         kind: "pack",
         name: path.to_string(),
