@@ -4,6 +4,7 @@
 //! The corpus is built by `scripts/build-corpus.py` (`scripts/test.sh` does it first).
 
 mod integration {
+    mod attachments;
     mod auth;
     mod bad_input;
     mod crash;

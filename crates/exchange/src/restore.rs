@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser};
-use m365bk_graph::GraphClient;
+use m365bk_graph::{GraphClient, MAX_REQUEST_BODY, OUTLOOK_SESSION_MIN_BYTES};
 use m365bk_store::{Item, Repository};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -92,7 +92,13 @@ async fn create_folder(graph: &GraphClient, path: &str, name: &str) -> Result<St
 /// Restores `items` (from one Exchange snapshot) into `opts.target_user`'s mailbox under a new
 /// folder `opts.folder_name`: the snapshot's `mailFolder` tree is recreated below it and each
 /// message is created from its stored MIME (`POST /users/{id}/mailFolders/{id}/messages` with
-/// a base64 MIME body, https://learn.microsoft.com/graph/api/user-post-messages); contacts go
+/// a base64 MIME body, https://learn.microsoft.com/graph/api/user-post-messages). Graph takes
+/// at most 4 MiB in one request, so a message whose base64 MIME is larger is created without
+/// its file attachments of 3 MiB or more, which are then attached one by one through upload
+/// sessions (https://learn.microsoft.com/graph/outlook-large-attachments; 4 MiB ranges,
+/// resumed from `nextExpectedRanges`). Either way the message lands in the recreated folder
+/// with the dates of its MIME headers and the flags Graph gives a MIME-created message; only
+/// the large attachments' MIME encoding (headers, line length) is Microsoft's own. Contacts go
 /// to a new contact folder and events to a new calendar of the same name. Mailbox settings are
 /// not written back: the recovery permissions include only `MailboxSettings.Read`.
 ///
@@ -314,15 +320,293 @@ async fn post_message(
         .try_concat()
         .await
         .map_err(Error::store(format!("reading {}", m.path)))?;
-    graph
-        .post_mime(
-            &format!(
-                "/users/{tid}/mailFolders/{}/messages",
-                encode_segment(folder)
-            ),
-            &mime,
-        )
+    let path = format!(
+        "/users/{tid}/mailFolders/{}/messages",
+        encode_segment(folder)
+    );
+    let len = mime.len() as u64;
+    if base64_len(len) <= MAX_REQUEST_BODY {
+        graph
+            .post_mime(&path, &mime)
+            .await
+            .map_err(Error::graph(format!("creating message {}", m.path)))?;
+        return Ok(len);
+    }
+    // Too large for one request: create it without its large attachments, then upload each
+    // of them through an attachment upload session.
+    let split = split_large_attachments(&mime).map_err(|detail| Error::Unexpected {
+        what: m.path.clone(),
+        detail,
+    })?;
+    drop(mime);
+    let created: Value = graph
+        .post_mime(&path, &split.rest)
         .await
-        .map_err(Error::graph(format!("creating message {}", m.path)))?;
-    Ok(mime.len() as u64)
+        .map_err(Error::graph(format!(
+            "creating message {} (without its {} large attachment(s))",
+            m.path,
+            split.large.len()
+        )))?;
+    let id = created
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Unexpected {
+            what: format!("created message {}", m.path),
+            detail: "no id in the response".into(),
+        })?;
+    let item_path = format!("/users/{tid}/messages/{}", encode_segment(id));
+    for a in &split.large {
+        let mut item = json!({
+            "attachmentType": "file",
+            "name": a.name,
+            "size": a.data.len(),
+            "contentType": a.content_type,
+            "isInline": a.is_inline,
+        });
+        if let Some(cid) = &a.content_id {
+            item["contentId"] = json!(cid);
+        }
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = (0..a.data.len())
+            .step_by(SOURCE_CHUNK)
+            .map(|at| Ok(a.data.slice(at..(at + SOURCE_CHUNK).min(a.data.len()))))
+            .collect();
+        graph
+            .attachment_upload_session(
+                &item_path,
+                &item,
+                a.data.len() as u64,
+                futures::stream::iter(chunks),
+            )
+            .await
+            .map_err(Error::graph(format!(
+                "attaching {:?} ({} bytes) to restored message {} (the message was created \
+                 without it)",
+                a.name,
+                a.data.len(),
+                m.path
+            )))?;
+    }
+    Ok(len)
+}
+
+/// Size of the base64 encoding of `n` bytes.
+fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
+/// Chunk size of the in-memory source handed to an upload session.
+const SOURCE_CHUNK: usize = 1024 * 1024;
+
+/// A file attachment taken out of a message's MIME, decoded.
+#[derive(Debug)]
+struct LargeAttachment {
+    name: String,
+    content_type: String,
+    is_inline: bool,
+    content_id: Option<String>,
+    data: bytes::Bytes,
+}
+
+/// A message's MIME without its large attachments, and those attachments.
+#[derive(Debug)]
+struct Split {
+    rest: Vec<u8>,
+    large: Vec<LargeAttachment>,
+}
+
+/// Takes file attachments of at least [`OUTLOOK_SESSION_MIN_BYTES`] (decoded; largest first)
+/// out of `mime` until the rest, base64-encoded, fits in one Graph request
+/// ([`MAX_REQUEST_BODY`]). Each is cut together with its boundary delimiter line, so the rest
+/// is valid MIME with every other part byte for byte. Attachments come back in MIME order.
+///
+/// # Errors
+/// The MIME does not parse, or even without its large attachments it is too large (its body
+/// or its small attachments exceed 3 MiB): the message cannot be restored through Graph.
+fn split_large_attachments(mime: &[u8]) -> std::result::Result<Split, String> {
+    use mail_parser::{MessageParser, MimeHeaders, PartType};
+    let msg = MessageParser::default()
+        .parse(mime)
+        .ok_or("the stored MIME does not parse as a message")?;
+    let mut parent: HashMap<u32, u32> = HashMap::new();
+    for (i, p) in msg.parts.iter().enumerate() {
+        if let PartType::Multipart(children) = &p.body {
+            for c in children {
+                parent.insert(*c, i as u32);
+            }
+        }
+    }
+    // Candidates: (part id, decoded size, cut range).
+    let mut candidates: Vec<(u32, usize, std::ops::Range<usize>)> = Vec::new();
+    for &pid in &msg.attachments {
+        let Some(part) = msg.part(pid) else { continue };
+        if matches!(part.body, PartType::Message(_) | PartType::Multipart(_)) {
+            continue;
+        }
+        let size = part.contents().len();
+        if (size as u64) < OUTLOOK_SESSION_MIN_BYTES {
+            continue;
+        }
+        let Some(boundary) = parent
+            .get(&pid)
+            .and_then(|p| msg.part(*p))
+            .and_then(|p| p.content_type())
+            .and_then(|ct| ct.attribute("boundary"))
+        else {
+            continue;
+        };
+        let delim = format!("\n--{boundary}");
+        let header = part.raw_header_offset() as usize;
+        let body = part.raw_body_offset() as usize;
+        let (Some(before), Some(after)) = (
+            rfind(&mime[..header], delim.as_bytes()),
+            find(&mime[body..], delim.as_bytes()).map(|i| body + i),
+        ) else {
+            continue;
+        };
+        // Cut from the line break before our delimiter to the one before the next.
+        let cr = |at: usize| {
+            if at > 0 && mime[at - 1] == b'\r' {
+                at - 1
+            } else {
+                at
+            }
+        };
+        candidates.push((pid, size, cr(before)..cr(after)));
+    }
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+    let mut remaining = mime.len() as u64;
+    let mut taken: Vec<(u32, std::ops::Range<usize>)> = Vec::new();
+    for (pid, _, range) in candidates {
+        if base64_len(remaining) <= MAX_REQUEST_BODY {
+            break;
+        }
+        remaining -= range.len() as u64;
+        taken.push((pid, range));
+    }
+    if base64_len(remaining) > MAX_REQUEST_BODY {
+        return Err(format!(
+            "the message is {} bytes and {} bytes remain without its attachments of 3 MiB or \
+             more; Graph takes at most {MAX_REQUEST_BODY} bytes (base64) in one request, and \
+             smaller attachments are not split off yet",
+            mime.len(),
+            remaining
+        ));
+    }
+    taken.sort_by_key(|(_, r)| r.start);
+    let mut rest = Vec::with_capacity(remaining as usize);
+    let mut at = 0;
+    let mut large = Vec::with_capacity(taken.len());
+    for (pid, range) in taken {
+        rest.extend_from_slice(&mime[at..range.start]);
+        at = range.end;
+        let part = msg.part(pid).expect("candidate part exists");
+        let content_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_string(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into());
+        large.push(LargeAttachment {
+            name: part
+                .attachment_name()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("attachment")
+                .to_string(),
+            content_type,
+            is_inline: part
+                .content_disposition()
+                .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline")),
+            content_id: part
+                .content_id()
+                .map(|c| c.trim_matches(['<', '>']).to_string()),
+            data: bytes::Bytes::copy_from_slice(part.contents()),
+        });
+    }
+    rest.extend_from_slice(&mime[at..]);
+    Ok(Split { rest, large })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(parts: &[(&str, usize)]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        use base64::Engine as _;
+        let mut out = b"From: a@contoso.com\r\nTo: b@contoso.com\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"=_B\"\r\n\r\nPreamble.\r\n--=_B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello, body.\r\n".to_vec();
+        let mut datas = Vec::new();
+        for (i, (name, size)) in parts.iter().enumerate() {
+            let data: Vec<u8> = (0..*size).map(|j| (j * 31 + i * 7) as u8).collect();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            out.extend_from_slice(
+                format!("--=_B\r\nContent-Type: application/octet-stream; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n").as_bytes(),
+            );
+            for line in b64.as_bytes().chunks(76) {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            datas.push(data);
+        }
+        out.extend_from_slice(b"--=_B--\r\n");
+        (out, datas)
+    }
+
+    #[test]
+    fn splits_off_only_what_must_go_and_keeps_the_rest_byte_for_byte() {
+        const MB: usize = 1024 * 1024;
+        let (mime, datas) = message(&[
+            ("small.bin", 1000),
+            ("a.bin", 5 * MB),
+            ("b.bin", 3 * MB + 7),
+        ]);
+        let split = split_large_attachments(&mime).unwrap();
+        // 5 MiB alone leaves 3 MiB + ~1 KB raw = over 4 MiB base64, so both go.
+        let names: Vec<&str> = split.large.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a.bin", "b.bin"]);
+        assert_eq!(split.large[0].data, datas[1]);
+        assert_eq!(split.large[1].data, datas[2]);
+        assert_eq!(split.large[0].content_type, "application/octet-stream");
+        assert!(!split.large[0].is_inline);
+        let rest = mail_parser::MessageParser::default()
+            .parse(&split.rest)
+            .unwrap();
+        assert_eq!(rest.subject(), Some("big"));
+        assert_eq!(rest.body_text(0).unwrap().trim(), "Hello, body.");
+        let left: Vec<_> = rest.attachments().map(|a| a.contents().to_vec()).collect();
+        assert_eq!(left, vec![datas[0].clone()]);
+        // Everything before the first cut is unchanged.
+        let cut = find(&mime, b"a.bin").unwrap();
+        assert_eq!(split.rest[..cut - 200], mime[..cut - 200]);
+        assert!(split.rest.ends_with(b"--=_B--\r\n"));
+    }
+
+    #[test]
+    fn takes_the_largest_first_and_stops_when_the_rest_fits() {
+        const MB: usize = 1024 * 1024;
+        let (mime, datas) = message(&[("c.bin", 2 * MB), ("d.bin", 6 * MB)]);
+        let split = split_large_attachments(&mime).unwrap();
+        assert_eq!(split.large.len(), 1);
+        assert_eq!(split.large[0].name, "d.bin");
+        assert_eq!(split.large[0].data, datas[1]);
+        assert!(base64_len(split.rest.len() as u64) <= MAX_REQUEST_BODY);
+    }
+
+    #[test]
+    fn a_message_too_large_without_large_attachments_is_refused_with_the_reason() {
+        const MB: usize = 1024 * 1024;
+        let (mime, _) = message(&[("e.bin", 2 * MB), ("f.bin", 2 * MB)]);
+        let err = split_large_attachments(&mime).unwrap_err();
+        assert!(
+            err.contains("smaller attachments are not split off"),
+            "{err}"
+        );
+    }
 }

@@ -249,6 +249,11 @@ pub fn encode_segment(segment: &str) -> String {
     url.path()[1..].to_owned()
 }
 
+/// Largest request body Microsoft Graph accepts in one request: 4 MB, taken as 4 MiB
+/// (<https://learn.microsoft.com/graph/outlook-large-attachments>: a single POST suits
+/// attachments under 3 MB, whose base64 stays under 4 MB).
+pub const MAX_REQUEST_BODY: u64 = 4 * 1024 * 1024;
+
 impl GraphClient {
     /// A client for the Graph service root `graph_base` (e.g. `https://graph.microsoft.com/v1.0`).
     pub fn new(http: HttpClient, tokens: Arc<TokenProvider>, graph_base: Url) -> Self {
@@ -582,6 +587,10 @@ impl GraphClient {
 
     /// Creates a message from MIME: `POST` with `Content-Type: text/plain` and the base64 of
     /// the RFC 822 message (e.g. `/users/{id}/mailFolders/{folder}/messages`).
+    ///
+    /// Graph refuses request bodies over [`MAX_REQUEST_BODY`] (4 MiB), so MIME over 3 MiB
+    /// (4/3 once base64-encoded) must lose its large attachments first and have them sent
+    /// through [`GraphClient::attachment_upload_session`].
     ///
     /// See <https://learn.microsoft.com/graph/outlook-create-send-messages> and
     /// <https://learn.microsoft.com/graph/api/user-post-messages>.

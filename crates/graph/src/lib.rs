@@ -12,8 +12,8 @@
 //!   RS256 client assertion), cached and refreshed 5 minutes before expiry; [`AccessToken::claims`] reads
 //!   the `roles` claim for the permission gate.
 //! - [`GraphClient`]: JSON calls ([`GraphClient::get_json`], [`GraphClient::list`],
-//!   [`GraphClient::post_json`], ...), the [`DeltaWalker`], [`GraphClient::download`] and
-//!   [`GraphClient::upload_session`].
+//!   [`GraphClient::post_json`], ...), the [`DeltaWalker`], [`GraphClient::download`], [`GraphClient::attachment_upload_session`],
+//!   [`GraphClient::upload_session`] and [`GraphClient::attachment_upload_session`].
 //! - [`Directory`]: user and OneDrive lookups, on graph-rs-sdk ([`SdkDirectory`]) or our own
 //!   path ([`RestDirectory`]).
 //! - [`enum@Error`]: one error enum, classified by [`Error::is_transient`], [`Error::status`],
@@ -73,7 +73,8 @@ pub use certificate::{
     AssertionAlgorithm, CertificateCredential, ASSERTION_LIFETIME, CLIENT_ASSERTION_TYPE,
 };
 pub use client::{
-    encode_segment, GraphClient, DEFAULT_UPLOAD_FRAGMENT, MAX_UPLOAD_FRAGMENT, UPLOAD_FRAGMENT_UNIT,
+    encode_segment, GraphClient, DEFAULT_UPLOAD_FRAGMENT, MAX_REQUEST_BODY, MAX_UPLOAD_FRAGMENT,
+    UPLOAD_FRAGMENT_UNIT,
 };
 pub use delta::{is_removed, DeltaJournal, DeltaPage, DeltaStart, DeltaWalker};
 pub use directory::{Directory, RestDirectory, SdkDirectory};
@@ -85,4 +86,7 @@ pub use retry::{parse_retry_after, RetryPolicy};
 pub use token::{
     AccessToken, Audience, ClientCredential, ClientSecretCredential, Endpoints, TokenClaims,
     TokenProvider, REFRESH_MARGIN,
+};
+pub use upload::{
+    OUTLOOK_ATTACHMENT_FRAGMENT, OUTLOOK_SESSION_MAX_BYTES, OUTLOOK_SESSION_MIN_BYTES,
 };

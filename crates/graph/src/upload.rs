@@ -1,7 +1,9 @@
 //! Large uploads through an upload session, with bounded memory and resume.
 //!
 //! Implements <https://learn.microsoft.com/graph/api/driveitem-createuploadsession>
-//! (and <https://learn.microsoft.com/graph/api/resources/uploadsession>).
+//! (and <https://learn.microsoft.com/graph/api/resources/uploadsession>) for drive items, and
+//! <https://learn.microsoft.com/graph/api/attachment-createuploadsession> with
+//! <https://learn.microsoft.com/graph/outlook-large-attachments> for Outlook attachments.
 
 use std::time::{Duration, SystemTime};
 
@@ -96,6 +98,28 @@ where
     }
 }
 
+/// Largest range PUT to an Outlook attachment upload session: 4 MiB ("up to 4 MB each time",
+/// attachment-createuploadsession).
+pub const OUTLOOK_ATTACHMENT_FRAGMENT: u64 = 4 * 1024 * 1024;
+
+/// Smallest attachment Microsoft sends through an upload session: 3 MB (smaller files are
+/// POSTed to `…/attachments` in one request; outlook-large-attachments).
+pub const OUTLOOK_SESSION_MIN_BYTES: u64 = 3 * 1024 * 1024;
+
+/// Largest attachment an upload session takes: 150 MB (outlook-large-attachments).
+pub const OUTLOOK_SESSION_MAX_BYTES: u64 = 150 * 1024 * 1024;
+
+/// Which service runs the session: decides the fragment size and the answers' shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionKind {
+    /// OneDrive/SharePoint: 202 with `nextExpectedRanges` per fragment, 200/201 with the
+    /// driveItem at the end.
+    Drive,
+    /// Outlook: 200 with `nextExpectedRanges` per range, 201 with an empty body and a
+    /// `Location` header (the attachment) at the end.
+    OutlookAttachment,
+}
+
 /// What one fragment PUT came to.
 enum PutOutcome {
     /// 202: the server wants more, from this offset.
@@ -135,6 +159,79 @@ impl GraphClient {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
+        self.run_session(
+            SessionKind::Drive,
+            create_session_path,
+            body,
+            total_size,
+            source,
+        )
+        .await
+    }
+
+    /// Attaches a file of `total_size` bytes from `source` to an Outlook message or event
+    /// through an attachment upload session, and returns the `Location` of the new attachment
+    /// (`…/Attachments('{id}')`, when the server sends one).
+    ///
+    /// 1. `POST {item_path}/attachments/createUploadSession` with
+    ///    `{"AttachmentItem": attachment_item}` (an `attachmentItem`: `attachmentType: "file"`,
+    ///    `name`, `size` = `total_size`, optional `contentType`, `isInline`, `contentId`)
+    ///    → `uploadUrl`.
+    /// 2. `PUT` ranges of [`OUTLOOK_ATTACHMENT_FRAGMENT`] (4 MiB; the last is the remainder), in
+    ///    order, to `uploadUrl` with `Content-Range: bytes START-END/TOTAL`,
+    ///    `Content-Type: application/octet-stream` and NO `Authorization` header. Each answer is
+    ///    200 with `nextExpectedRanges` (`["4194304"]`); the last is 201 with `Location`.
+    /// 3. On a transient failure (429/5xx, connection loss) or a 409/416 (range out of order or
+    ///    already received) wait (`Retry-After` or backoff), `GET uploadUrl` for
+    ///    `nextExpectedRanges` and continue from there, up to `max_attempts` failures in a row.
+    ///
+    /// Memory: one 4 MiB range buffer plus one source chunk. Microsoft uses sessions for files
+    /// of [`OUTLOOK_SESSION_MIN_BYTES`]..=[`OUTLOOK_SESSION_MAX_BYTES`]; the size is not checked
+    /// here.
+    ///
+    /// # Errors
+    /// As [`GraphClient::upload_session`]; a 413 or 400 from `createUploadSession` (attachment
+    /// too large for the mailbox's message size limit) is an [`Error::Api`].
+    pub async fn attachment_upload_session<S>(
+        &self,
+        item_path: &str,
+        attachment_item: &Value,
+        total_size: u64,
+        source: S,
+    ) -> Result<Option<String>>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
+        let path = format!(
+            "{}/attachments/createUploadSession",
+            item_path.trim_end_matches('/')
+        );
+        let done = self
+            .run_session(
+                SessionKind::OutlookAttachment,
+                &path,
+                &serde_json::json!({ "AttachmentItem": attachment_item }),
+                total_size,
+                source,
+            )
+            .await?;
+        Ok(done
+            .get("location")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    }
+
+    async fn run_session<S>(
+        &self,
+        kind: SessionKind,
+        create_session_path: &str,
+        body: &Value,
+        total_size: u64,
+        source: S,
+    ) -> Result<Value>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    {
         if total_size == 0 {
             return Err(Error::Invalid {
                 detail: "upload sessions cannot create empty files; PUT the content instead".into(),
@@ -162,7 +259,10 @@ impl GraphClient {
             shown: shown.clone(),
         };
         let policy = self.shared.http.options().retry.clone();
-        let fragment_size = self.fragment_size;
+        let fragment_size = match kind {
+            SessionKind::Drive => self.fragment_size,
+            SessionKind::OutlookAttachment => OUTLOOK_ATTACHMENT_FRAGMENT,
+        };
 
         let mut offset = 0u64;
         while offset < total_size {
@@ -176,7 +276,7 @@ impl GraphClient {
             loop {
                 let part = fragment.slice((send_from - start) as usize..);
                 match self
-                    .put_fragment(&upload_url, &shown, part, send_from, total_size)
+                    .put_fragment(kind, &upload_url, &shown, part, send_from, total_size)
                     .await?
                 {
                     PutOutcome::Done(item) => {
@@ -261,6 +361,7 @@ impl GraphClient {
     /// One PUT of `part` at `from`, sent once (resume handles failures).
     async fn put_fragment(
         &self,
+        kind: SessionKind,
         upload_url: &Url,
         shown: &str,
         part: Bytes,
@@ -276,11 +377,14 @@ impl GraphClient {
         self.shared
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request = self
-            .shared
-            .http
-            .reqwest()
-            .put(upload_url.clone())
+        let mut request = self.shared.http.reqwest().put(upload_url.clone());
+        if kind == SessionKind::OutlookAttachment {
+            request = request.header(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        let request = request
             .header(
                 CONTENT_RANGE,
                 HeaderValue::from_str(&range).expect("ASCII header value"),
@@ -295,18 +399,34 @@ impl GraphClient {
             }
             Err(failure) => return Err(failure.error),
         };
+        let outlook = kind == SessionKind::OutlookAttachment;
         match resp.status {
+            201 if outlook => {
+                let location = header_str(&resp.headers, "location");
+                Ok(PutOutcome::Done(
+                    serde_json::json!({ "location": location }),
+                ))
+            }
+            200 | 202 if outlook => {
+                let body: Value = GraphClient::decode(shown, &resp.body)?;
+                Ok(PutOutcome::Accepted(next_expected(&body)))
+            }
             200 | 201 => Ok(PutOutcome::Done(GraphClient::decode(shown, &resp.body)?)),
             202 => {
                 let body: Value = GraphClient::decode(shown, &resp.body)?;
                 Ok(PutOutcome::Accepted(next_expected(&body)))
             }
-            s if is_retryable_status(s) || s == 500 || s == 502 || s == 416 => {
+            s if is_retryable_status(s)
+                || s == 500
+                || s == 502
+                || s == 416
+                || (outlook && s == 409) =>
+            {
                 let retry_after = header_str(&resp.headers, "retry-after")
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let rid = header_str(&resp.headers, "request-id").unwrap_or("");
                 Ok(PutOutcome::Retry(
-                    retry_after.or((s == 416).then_some(Duration::ZERO)),
+                    retry_after.or((s == 416 || s == 409).then_some(Duration::ZERO)),
                     format!("HTTP {s}, request-id {rid}"),
                 ))
             }

@@ -1547,6 +1547,189 @@ mod content {
         assert_eq!(log[2].method, "PUT");
         assert_eq!(&log[2].body[..], b"abc");
     }
+
+    /// An Outlook attachment session: 200 + `nextExpectedRanges` per range, 201 + `Location`
+    /// at the end; `fault` decides the answer to the Nth PUT (1-based) before it is stored.
+    #[derive(Default)]
+    struct AttachState {
+        received: Vec<u8>,
+        /// (Content-Range, body length, had Authorization, Content-Type, answered status)
+        puts: Vec<(String, usize, bool, Option<String>, u16)>,
+        status_queries: u32,
+        /// PUT number → status to answer instead of storing (503, or 416 after storing).
+        faults: Vec<(usize, u16)>,
+        session_body: Option<Value>,
+    }
+
+    async fn attach_server(state: Arc<Mutex<AttachState>>) -> Server {
+        let issued = Arc::new(AtomicU64::new(0));
+        let base: Arc<Mutex<String>> = Arc::default();
+        let b = base.clone();
+        let server = serve(move |seen| {
+            let issued = issued.clone();
+            let state = state.clone();
+            let base = b.lock().unwrap().clone();
+            async move {
+                if seen.is_token() {
+                    return token_ok(&issued, 3600);
+                }
+                let mut st = state.lock().unwrap();
+                match (seen.method.as_str(), seen.path.as_str()) {
+                    ("POST", "/v1.0/users/u1/messages/m1/attachments/createUploadSession") => {
+                        assert_eq!(seen.header("authorization"), Some("Bearer tok-1"));
+                        st.session_body = Some(serde_json::from_slice(&seen.body).unwrap());
+                        json(201, json!({"uploadUrl": format!("{base}/att/s1?authtoken=x"),
+                            "expirationDateTime": "2030-01-01T00:00:00Z", "nextExpectedRanges": ["0-"]}))
+                    }
+                    ("GET", "/att/s1") => {
+                        st.status_queries += 1;
+                        json(200, json!({"expirationDateTime": "2030-01-01T00:00:00Z",
+                            "nextExpectedRanges": [st.received.len().to_string()]}))
+                    }
+                    ("PUT", "/att/s1") => {
+                        let range = seen.header("content-range").unwrap().to_owned();
+                        let auth = seen.header("authorization").is_some();
+                        let ctype = seen.header("content-type").map(str::to_owned);
+                        let (span, total) = range.strip_prefix("bytes ").unwrap().split_once('/').unwrap();
+                        let (start, _) = span.split_once('-').unwrap();
+                        let (start, total): (usize, usize) = (start.parse().unwrap(), total.parse().unwrap());
+                        let n = st.puts.len() + 1;
+                        let fault = st.faults.iter().find(|f| f.0 == n).map(|f| f.1);
+                        if fault == Some(503) {
+                            st.puts.push((range, seen.body.len(), auth, ctype, 503));
+                            return respond(503, &[("retry-after", "0.05")], "");
+                        }
+                        if start != st.received.len() {
+                            st.puts.push((range, seen.body.len(), auth, ctype, 416));
+                            return json(416, json!({"error": {"code": "InvalidContentRange", "message": "out of order"}}));
+                        }
+                        st.received.extend_from_slice(&seen.body);
+                        if fault == Some(416) {
+                            // Stored, but the answer is lost: the client resends and is told 416.
+                            st.puts.push((range, seen.body.len(), auth, ctype, 599));
+                            return respond(502, &[], "");
+                        }
+                        if st.received.len() == total {
+                            st.puts.push((range, seen.body.len(), auth, ctype, 201));
+                            respond(201, &[("location", "https://outlook.example/Messages('m1')/Attachments('att-1')")], "")
+                        } else {
+                            st.puts.push((range, seen.body.len(), auth, ctype, 200));
+                            json(200, json!({"expirationDateTime": "2030-01-01T00:00:00Z",
+                                "nextExpectedRanges": [st.received.len().to_string()]}))
+                        }
+                    }
+                    _ => respond(404, &[], "no route"),
+                }
+            }
+        })
+        .await;
+        *base.lock().unwrap() = server.base.clone();
+        server
+    }
+
+    #[tokio::test]
+    async fn attachment_session_sends_4_mib_ranges_in_order_and_resumes_after_503() {
+        const MIB: usize = 1024 * 1024;
+        let total = 9 * MIB + 12_345;
+        let data = pattern(total);
+        let state = Arc::new(Mutex::new(AttachState {
+            faults: vec![(2, 503)],
+            ..Default::default()
+        }));
+        let server = attach_server(state.clone()).await;
+        let (graph, _) = clients(&server, fast_policy());
+        let item = json!({"attachmentType": "file", "name": "big.pdf", "size": total,
+            "contentType": "application/pdf"});
+        let location = graph
+            .attachment_upload_session("/users/u1/messages/m1", &item, total as u64, source(&data))
+            .await
+            .unwrap();
+        assert_eq!(
+            location.as_deref(),
+            Some("https://outlook.example/Messages('m1')/Attachments('att-1')")
+        );
+        let st = state.lock().unwrap();
+        assert_eq!(
+            st.session_body.as_ref().unwrap(),
+            &json!({"AttachmentItem": item})
+        );
+        assert!(st.received == data, "the attachment arrives byte for byte");
+        let got: Vec<_> = st.puts.iter().map(|p| (p.0.clone(), p.4)).collect();
+        let r = |a: usize, b: usize, s: u16| (format!("bytes {a}-{}/{total}", b - 1), s);
+        assert_eq!(
+            got,
+            vec![
+                r(0, 4 * MIB, 200),
+                r(4 * MIB, 8 * MIB, 503),
+                r(4 * MIB, 8 * MIB, 200),
+                r(8 * MIB, total, 201),
+            ]
+        );
+        for p in &st.puts {
+            assert!(p.1 <= 4 * MIB, "ranges of at most 4 MiB");
+            assert!(
+                !p.2,
+                "no Authorization header on the pre-authenticated uploadUrl"
+            );
+            assert_eq!(p.3.as_deref(), Some("application/octet-stream"));
+        }
+        assert_eq!(st.status_queries, 1, "resumed from nextExpectedRanges");
+    }
+
+    #[tokio::test]
+    async fn attachment_session_range_stored_but_answer_lost_resumes_after_it() {
+        const MIB: usize = 1024 * 1024;
+        let total = 5 * MIB;
+        let data = pattern(total);
+        // PUT 1 is stored but its answer is lost (502): the status query says 4 MiB are in,
+        // so the client goes on with the next range instead of resending the first.
+        let state = Arc::new(Mutex::new(AttachState {
+            faults: vec![(1, 416)],
+            ..Default::default()
+        }));
+        let server = attach_server(state.clone()).await;
+        let (graph, _) = clients(&server, fast_policy());
+        let item = json!({"attachmentType": "file", "name": "x.bin", "size": total});
+        graph
+            .attachment_upload_session("/users/u1/messages/m1", &item, total as u64, source(&data))
+            .await
+            .unwrap();
+        let st = state.lock().unwrap();
+        assert!(st.received == data);
+        let statuses: Vec<u16> = st.puts.iter().map(|p| p.4).collect();
+        assert_eq!(statuses, vec![599, 201]);
+        assert_eq!(st.status_queries, 1);
+    }
+
+    #[tokio::test]
+    async fn attachment_session_out_of_order_416_asks_the_session_and_continues() {
+        const MIB: usize = 1024 * 1024;
+        let total = 4 * MIB + 10;
+        let data = pattern(total);
+        let state = Arc::new(Mutex::new(AttachState::default()));
+        let server = attach_server(state.clone()).await;
+        // The server already holds the first 1 MiB (an earlier attempt): the first PUT is
+        // refused with 416 and the client resumes at 1 MiB from the status query.
+        state.lock().unwrap().received = data[..MIB].to_vec();
+        let (graph, _) = clients(&server, fast_policy());
+        let item = json!({"attachmentType": "file", "name": "y.bin", "size": total});
+        graph
+            .attachment_upload_session("/users/u1/messages/m1", &item, total as u64, source(&data))
+            .await
+            .unwrap();
+        let st = state.lock().unwrap();
+        assert!(st.received == data);
+        let got: Vec<_> = st.puts.iter().map(|p| (p.0.clone(), p.4)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (format!("bytes 0-{}/{total}", 4 * MIB - 1), 416),
+                (format!("bytes {MIB}-{}/{total}", 4 * MIB - 1), 200),
+                (format!("bytes {}-{}/{total}", 4 * MIB, total - 1), 201),
+            ]
+        );
+        assert_eq!(st.status_queries, 1);
+    }
 }
 
 mod directory {

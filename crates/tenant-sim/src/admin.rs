@@ -378,6 +378,7 @@ pub(crate) async fn export(State(sim): State<Arc<Sim>>, Path(upn): Path<String>)
                         "id": m.id,
                         "internetMessageId": m.meta.internet_message_id,
                         "subject": m.meta.subject,
+                        "hasAttachments": m.meta.has_attachments,
                     }),
                     m.mime.clone(),
                 )
@@ -457,6 +458,12 @@ pub(crate) async fn export(State(sim): State<Arc<Sim>>, Path(upn): Path<String>)
                 let (sha, size) = sha256_hex(&content);
                 v["sha256"] = json!(sha);
                 v["size"] = json!(size);
+                // File attachments, decoded: (name, size, sha256) in MIME order.
+                if v["hasAttachments"] == json!(true) {
+                    if let Ok(raw) = content.read_all_blocking() {
+                        v["attachments"] = json!(crate::attachments::attachment_digests(&raw));
+                    }
+                }
                 v
             })
             .collect();

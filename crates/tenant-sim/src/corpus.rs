@@ -124,6 +124,7 @@ pub(crate) fn load(dir: &Path, config: &TenantConfig) -> Result<Tenant> {
         apps,
         users,
         uploads: Default::default(),
+        attachment_uploads: Default::default(),
     })
 }
 

@@ -129,6 +129,7 @@ pub(crate) enum Route {
     MessagesDelta(String, String),
     Message(String, String),
     MessageValue(String, String),
+    AttachmentSession(String, String),
     MailboxSettings(String),
     ContactFolders(String),
     ContactFolder(String, String),
@@ -160,7 +161,7 @@ impl Route {
             Content(..) => &["GET", "PUT"],
             Item(_, a) if a.base.is_none() && a.path.is_none() => &["GET"],
             Item(..) => &["GET", "PATCH", "DELETE"],
-            CreateUploadSession(..) => &["POST"],
+            CreateUploadSession(..) | AttachmentSession(..) => &["POST"],
             _ => &["GET"],
         }
     }
@@ -288,6 +289,10 @@ fn users_route(
         ),
         ["messages", _] => (Message(u, t(1)), "/users/{id}/messages/{id}"),
         ["messages", _, "$value"] => (MessageValue(u, t(1)), "/users/{id}/messages/{id}/$value"),
+        ["messages", _, "attachments", "createuploadsession"] => (
+            AttachmentSession(u, t(1)),
+            "/users/{id}/messages/{id}/attachments/createuploadsession",
+        ),
         ["mailboxsettings"] => (MailboxSettings(u), "/users/{id}/mailboxsettings"),
         ["contactfolders"] => (ContactFolders(u), "/users/{id}/contactfolders"),
         ["contactfolders", _] => (ContactFolder(u, t(1)), "/users/{id}/contactfolders/{id}"),
@@ -324,6 +329,8 @@ fn first_unknown(r: &[Seg]) -> String {
         "messages",
         "delta",
         "$value",
+        "attachments",
+        "createuploadsession",
         "mailboxsettings",
         "contactfolders",
         "contacts",
@@ -507,6 +514,13 @@ async fn dispatch(call: &Call<'_>, rel: &str) -> GResult {
         Decision::Denied(w) => return Err(forbidden(w, call.claims.roles.is_some())),
         Decision::NoRule => return Err(forbidden(Workload::Other, call.claims.roles.is_some())),
     }
+    // Graph caps a request body at 4 MB (drive content PUTs excepted: up to 250 MB).
+    if matches!(method, "POST" | "PATCH")
+        && call.body.len() > crate::attachments::MAX_REQUEST_BODY
+        && !matches!(route, Route::Content(..))
+    {
+        return Err(crate::attachments::too_large(call.body.len()));
+    }
     use Route::*;
     match (method, route) {
         ("GET", Users) => users::list(call),
@@ -521,6 +535,7 @@ async fn dispatch(call: &Call<'_>, rel: &str) -> GResult {
         ("GET", MessagesDelta(u, f)) => mail::delta(call, &u, &f),
         ("GET", Message(u, m)) => mail::get_message(call, &u, &m),
         ("GET", MessageValue(u, m)) => mail::get_mime(call, &u, &m).await,
+        ("POST", AttachmentSession(u, m)) => crate::attachments::create_session(call, &u, &m),
         ("GET", MailboxSettings(u)) => mail::mailbox_settings(call, &u),
         ("GET", ContactFolders(u)) => contacts::list_folders(call, &u),
         ("POST", ContactFolders(u)) => contacts::create_folder(call, &u),
@@ -632,6 +647,7 @@ mod tests {
             "/users/u/mailFolders/f/messages/delta",
             "/users/u/messages/m",
             "/users/u/messages/m/$value",
+            "/users/u/messages/m/attachments/createUploadSession",
             "/users/u/mailboxSettings",
             "/users/u/contactFolders",
             "/users/u/contactFolders/f",

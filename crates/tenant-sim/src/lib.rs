@@ -90,6 +90,7 @@
 //! ```
 
 mod admin;
+mod attachments;
 mod config;
 mod corpus;
 mod delta;

@@ -82,6 +82,16 @@ const OVERRIDES: &[Override] = &[
               HTTP request section) is missing from the data; same permissions as the id form.",
     },
     Override {
+        key: "POST /users/{id}/messages/{id}/attachments/createuploadsession",
+        change: Change::Set {
+            area: "mail",
+            roles: &["Mail.ReadWrite"],
+        },
+        why: "The data merges the message and event forms of attachment-createuploadsession \
+              (Calendars.ReadWrite least); for a message the page's permission is \
+              Mail.ReadWrite.",
+    },
+    Override {
         key: "GET /users/{id}/messages/{id}",
         change: Change::Add(&["Mail.ReadWrite"]),
         why: "message-get page: Application Mail.ReadBasic.All (least), Mail.Read, \

@@ -203,6 +203,12 @@ fn router(sim: Arc<Sim>) -> Router {
                 .get(transfer::upload_status),
         )
         .route(
+            "/_attach/{id}",
+            put(crate::attachments::put_range)
+                .delete(crate::attachments::cancel)
+                .get(crate::attachments::status),
+        )
+        .route(
             "/_sim/requests",
             get(admin::get_requests).delete(admin::clear_requests),
         )

@@ -107,6 +107,9 @@ pub(crate) struct Tenant {
     pub apps: Vec<App>,
     pub users: Vec<User>,
     pub uploads: std::collections::HashMap<String, UploadSession>,
+    /// Open Outlook attachment upload sessions, by session id.
+    pub attachment_uploads:
+        std::collections::HashMap<String, crate::attachments::AttachmentSession>,
 }
 
 impl Tenant {

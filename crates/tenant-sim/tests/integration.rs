@@ -23,3 +23,6 @@ mod sim;
 
 #[path = "integration/faults.rs"]
 mod faults;
+
+#[path = "integration/attachments.rs"]
+mod attachments;
