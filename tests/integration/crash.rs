@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use super::harness::{
-    content_set, corpus, matrix_permissions, Env, Sim, PASSPHRASE, SECRET, TEST_KDF_ENV,
-};
+use super::harness::{all_roles, content_set, corpus, Env, Sim, PASSPHRASE, SECRET, TEST_KDF_ENV};
 
 const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
 const ZOE: &str = "zoe.angstrom@contoso.onmicrosoft.com";
@@ -93,18 +91,6 @@ impl Rng {
         }
         s
     }
-}
-
-fn all_roles() -> Vec<String> {
-    let mut roles = Vec::new();
-    for service in ["exchange", "onedrive"] {
-        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
-            if !roles.contains(&p) {
-                roles.push(p);
-            }
-        }
-    }
-    roles
 }
 
 fn area(service: &str) -> &'static str {

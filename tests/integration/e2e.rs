@@ -6,19 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::harness::{content_set, corpus, corpus_users, matrix_permissions, pct_decode, Env, Sim};
-
-fn all_roles() -> Vec<String> {
-    let mut roles = Vec::new();
-    for service in ["exchange", "onedrive"] {
-        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
-            if !roles.contains(&p) {
-                roles.push(p);
-            }
-        }
-    }
-    roles
-}
+use super::harness::{all_roles, content_set, corpus, corpus_users, pct_decode, Env, Sim};
 
 fn snapshot_ids(summary: &Value) -> BTreeMap<String, String> {
     summary["snapshots"]

@@ -12,22 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::harness::{content_set, corpus, matrix_permissions, pct_decode, Env, Run, Sim};
+use super::harness::{all_roles, content_set, corpus, pct_decode, Env, Run, Sim};
 
 const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
 const ZOE: &str = "zoe.angstrom@contoso.onmicrosoft.com";
-
-fn all_roles() -> Vec<String> {
-    let mut roles = Vec::new();
-    for service in ["exchange", "onedrive"] {
-        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
-            if !roles.contains(&p) {
-                roles.push(p);
-            }
-        }
-    }
-    roles
-}
 
 struct Case {
     _tmp: tempfile::TempDir,

@@ -65,6 +65,20 @@ pub fn matrix_permissions(service: &str, operations: &[&str]) -> Vec<String> {
     out
 }
 
+/// Every unconditional permission the matrix lists for Exchange and OneDrive discovery, backup
+/// and recovery: the roles of a fully consented app in the simulator.
+pub fn all_roles() -> Vec<String> {
+    let mut roles = Vec::new();
+    for service in ["exchange", "onedrive"] {
+        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
+            if !roles.contains(&p) {
+                roles.push(p);
+            }
+        }
+    }
+    roles
+}
+
 /// App-role id of a Graph permission, from the compiled permission-ids.csv.
 pub fn app_role_id(permission: &str) -> String {
     let text = include_str!("../../crates/gate/data/permission-ids.csv");

@@ -11,21 +11,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::harness::{
-    content_set, corpus, corpus_users, matrix_permissions, Env, Sim, PASSPHRASE, SECRET,
-    TEST_KDF_ENV,
+    all_roles, content_set, corpus, corpus_users, Env, Sim, PASSPHRASE, SECRET, TEST_KDF_ENV,
 };
-
-fn all_roles() -> Vec<String> {
-    let mut roles = Vec::new();
-    for service in ["exchange", "onedrive"] {
-        for p in matrix_permissions(service, &["discovery", "backup", "recovery"]) {
-            if !roles.contains(&p) {
-                roles.push(p);
-            }
-        }
-    }
-    roles
-}
 
 /// Deterministic incompressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {

@@ -101,19 +101,7 @@ impl Repository {
             .collect();
         let loaded: Vec<(IndexId, Result<Vec<index::IndexPack>>)> =
             futures::stream::iter(index_ids)
-                .map(|id| async move {
-                    let packs = async {
-                        let bytes = inner.get("index", &index::index_path(&id)).await?;
-                        let codec = inner.codec.clone();
-                        tokio::task::spawn_blocking(move || {
-                            index::decode_index(&codec, &id, &bytes)
-                        })
-                        .await
-                        .map_err(Error::join)?
-                    }
-                    .await;
-                    (id, packs)
-                })
+                .map(|id| async move { (id, inner.read_index_file(id).await) })
                 .buffer_unordered(8)
                 .collect()
                 .await;

@@ -605,6 +605,19 @@ impl RepoInner {
     /// The first damaged or unreadable index file ([`Error::CorruptObject`],
     /// [`Error::MissingObject`], [`Error::Backend`]). Failing to write the local cache is not
     /// an error: the index then stays in memory (warned).
+    /// Reads and decodes one index file (decoding on the blocking pool).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if it cannot be read, [`Error::CorruptObject`] (from
+    /// [`decode_index`]) if its bytes do not match its name or do not parse.
+    pub(crate) async fn read_index_file(&self, id: IndexId) -> Result<Vec<IndexPack>> {
+        let bytes = self.get("index", &index_path(&id)).await?;
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || decode_index(&codec, &id, &bytes))
+            .await
+            .map_err(Error::join)?
+    }
+
     pub(crate) async fn refresh_index_locked(&self) -> Result<()> {
         let listed: IdSet<IndexId> = self
             .list_names("index")
@@ -635,15 +648,7 @@ impl RepoInner {
         let mut spill_failed = in_memory_only;
         {
             let mut files = futures::stream::iter(new)
-                .map(|id| async move {
-                    let bytes = self.get("index", &index_path(&id)).await?;
-                    let codec = self.codec.clone();
-                    let packs =
-                        tokio::task::spawn_blocking(move || decode_index(&codec, &id, &bytes))
-                            .await
-                            .map_err(Error::join)??;
-                    Ok::<_, Error>((id, packs))
-                })
+                .map(|id| async move { Ok::<_, Error>((id, self.read_index_file(id).await?)) })
                 .buffer_unordered(LIST_CONCURRENCY);
             while let Some((id, packs)) = files.try_next().await? {
                 load.add_file(&self.index.read().expect("index lock"), id, &packs);
