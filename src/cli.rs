@@ -92,6 +92,10 @@ pub enum Command {
         /// Read and re-hash every blob.
         #[arg(long)]
         read_data: bool,
+        /// Read and re-hash only a random PERCENT of the packs (1-100, e.g. `10` or `10%`),
+        /// drawn afresh on every run; implies --read-data.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_subset_percent)]
+        read_data_subset: Option<u8>,
     },
     /// Repair derived state.
     Repair {
@@ -310,4 +314,45 @@ pub enum PermissionsCommand {
 pub enum RepairCommand {
     /// Rebuild the SQLite catalog from the repository alone.
     Catalog,
+}
+
+/// `10` or `10%` → 10: a whole percentage from 1 to 100 (through [`parse_percent`]).
+fn parse_subset_percent(text: &str) -> Result<u8, String> {
+    let v = parse_percent(text)?;
+    if v >= 1.0 && v.fract() == 0.0 {
+        Ok(v as u8)
+    } else {
+        Err(format!(
+            "{text:?}: give a whole percentage from 1 to 100 (for example 10 or 10%)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{parse_subset_percent, Command, Opts};
+
+    #[test]
+    fn read_data_subset_takes_a_percentage_and_refuses_the_rest() {
+        assert_eq!(parse_subset_percent("10"), Ok(10));
+        assert_eq!(parse_subset_percent("10%"), Ok(10));
+        assert_eq!(parse_subset_percent("100%"), Ok(100));
+        for bad in ["0", "101", "10.5", "ten", "%", ""] {
+            let err = parse_subset_percent(bad).unwrap_err();
+            assert!(err.contains("percentage from"), "{bad}: {err}");
+        }
+        let opts = Opts::try_parse_from(["m365bk", "check", "--read-data-subset", "25%"]).unwrap();
+        assert!(matches!(
+            opts.command,
+            Command::Check {
+                read_data: false,
+                read_data_subset: Some(25)
+            }
+        ));
+        let err = Opts::try_parse_from(["m365bk", "check", "--read-data-subset", "0"]).unwrap_err();
+        assert!(err.to_string().contains("from 1 to 100"), "{err}");
+        assert!(Opts::try_parse_from(["m365bk", "check", "--read-data-subset", "150"]).is_err());
+    }
 }

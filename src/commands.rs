@@ -76,7 +76,17 @@ async fn run_command(opts: &Opts) -> ExitCode {
         Command::Permissions {
             command: PermissionsCommand::List,
         } => unreachable!("handled above"),
-        Command::Check { read_data } => check(&settings, *read_data, opts.json).await,
+        Command::Check {
+            read_data,
+            read_data_subset,
+        } => {
+            let check_opts = match read_data_subset {
+                Some(percent) => CheckOptions::read_data_subset(*percent),
+                None if *read_data => CheckOptions::read_data(),
+                None => CheckOptions::structure(),
+            };
+            check(&settings, check_opts, opts.json).await
+        }
         Command::Repair {
             command: RepairCommand::Catalog,
         } => repair_catalog(&settings).await,
@@ -964,16 +974,22 @@ fn print_matrix(json_out: bool) {
     }
 }
 
-async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::Result<ExitCode> {
+async fn check(
+    settings: &Settings,
+    check_opts: CheckOptions,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let read_data = check_opts.read_data;
     let repo = open_repo(settings).await?;
     // Shared: a prune running meanwhile would show up as missing packs.
     let _lock = repo.lock(LockKind::Check, &lock_options()).await?;
-    let report = repo.check(CheckOptions { read_data }).await?;
+    let report = repo.check(check_opts).await?;
     if json_out {
         println!(
             "{}",
             json!({
                 "packs_checked": report.packs_checked,
+                "packs_indexed": report.packs_indexed,
                 "unindexed_packs": report.unindexed_packs.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "blobs_checked": report.blobs_checked,
                 "snapshots_checked": report.snapshots_checked,
@@ -984,7 +1000,12 @@ async fn check(settings: &Settings, read_data: bool, json_out: bool) -> anyhow::
             })
         );
     } else {
-        if read_data {
+        if let Some(percent) = check_opts.read_data_subset {
+            println!(
+                "checked {} snapshot(s), {} of {} pack(s) ({percent}% drawn at random), {} blob(s) (data read and re-hashed)",
+                report.snapshots_checked, report.packs_checked, report.packs_indexed, report.blobs_checked
+            );
+        } else if read_data {
             println!(
                 "checked {} snapshot(s), {} pack(s), {} blob(s) (data read and re-hashed)",
                 report.snapshots_checked, report.packs_checked, report.blobs_checked

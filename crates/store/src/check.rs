@@ -17,8 +17,35 @@ use crate::snapshot::{snapshot_path, ContentRef, Snapshot};
 /// What `check` should do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckOptions {
-    /// Also read every pack and re-hash every blob.
+    /// Also read packs and re-hash every blob in them.
     pub read_data: bool,
+    /// With `read_data`: read only this percentage (1–100) of the indexed packs, drawn at
+    /// random on every run, so that repeated runs cover the whole repository over time at a
+    /// fraction of the bandwidth. `None` reads every pack.
+    pub read_data_subset: Option<u8>,
+}
+
+impl CheckOptions {
+    /// Structure only: no pack is read.
+    pub fn structure() -> Self {
+        CheckOptions::default()
+    }
+
+    /// Structure, and every pack read and re-hashed.
+    pub fn read_data() -> Self {
+        CheckOptions {
+            read_data: true,
+            read_data_subset: None,
+        }
+    }
+
+    /// Structure, and a random `percent` (1–100, clamped) of the packs read and re-hashed.
+    pub fn read_data_subset(percent: u8) -> Self {
+        CheckOptions {
+            read_data: true,
+            read_data_subset: Some(percent.clamp(1, 100)),
+        }
+    }
 }
 
 /// One problem found by `check`.
@@ -39,6 +66,8 @@ pub struct CheckReport {
     pub errors: Vec<CheckProblem>,
     /// Packs read and verified (0 without `read_data`).
     pub packs_checked: u64,
+    /// Packs the index lists (the whole set `read_data_subset` draws from).
+    pub packs_indexed: u64,
     /// Blobs re-hashed with `read_data`; otherwise distinct blobs whose index entry and pack
     /// were checked.
     pub blobs_checked: u64,
@@ -148,12 +177,16 @@ impl Repository {
 
         // Pack contents.
         let mut damaged: IdSet<BlobId> = IdSet::default();
+        let mut packs_read: IdSet<PackId> = IdSet::default();
+        report.packs_indexed = index.packs().len() as u64;
         if opts.read_data {
             let by_pack = index.entries_by_pack();
-            for (info, entries) in index.packs().iter().zip(by_pack) {
-                if !on_disk.contains_key(&info.id) {
+            let chosen = chosen_packs(index.packs().len(), opts.read_data_subset);
+            for (n, (info, entries)) in index.packs().iter().zip(by_pack).enumerate() {
+                if !chosen[n] || !on_disk.contains_key(&info.id) {
                     continue;
                 }
+                packs_read.insert(info.id);
                 let path = pack_path(&info.id);
                 let bytes = match inner.get("pack", &path).await {
                     Ok(b) => b,
@@ -222,8 +255,9 @@ impl Repository {
                             if damaged.contains(blob) {
                                 troubles.entry(loc.pack.id).or_default().affected.insert(id);
                             } else if let Some(t) = troubles.get_mut(&loc.pack.id) {
-                                // Missing or truncated pack without read_data: assume the worst.
-                                if !opts.read_data || !on_disk.contains_key(&loc.pack.id) {
+                                // Missing or truncated pack not read blob by blob: assume
+                                // the worst.
+                                if !packs_read.contains(&loc.pack.id) {
                                     t.affected.insert(id);
                                 }
                             }
@@ -389,4 +423,21 @@ fn verify_pack(
         }
     }
     (bad, pack_problems, entries.len() as u64)
+}
+
+/// Which of `n` packs to read: all, or a random `percent` of them (at least one when there is
+/// any), as a mask indexed like the packs.
+fn chosen_packs(n: usize, percent: Option<u8>) -> Vec<bool> {
+    use rand::seq::SliceRandom;
+    let Some(percent) = percent else {
+        return vec![true; n];
+    };
+    let take = (n * usize::from(percent.clamp(1, 100))).div_ceil(100);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rng());
+    let mut mask = vec![false; n];
+    for i in order.into_iter().take(take) {
+        mask[i] = true;
+    }
+    mask
 }

@@ -667,7 +667,7 @@ mod tests {
                 "dry run estimate"
             );
 
-            let check = repo.check(CheckOptions { read_data: true }).await.unwrap();
+            let check = repo.check(CheckOptions::read_data()).await.unwrap();
             assert!(check.is_ok(), "{:?}", check.errors);
             assert!(check.unindexed_packs.is_empty());
             assert_eq!(check.snapshots_checked, 2);
@@ -715,7 +715,7 @@ mod tests {
                 .unwrap();
             assert_eq!(third.packs_deleted, 1, "{third:?}");
             assert!(third.bytes_freed >= 500_000);
-            let check = repo.check(CheckOptions { read_data: true }).await.unwrap();
+            let check = repo.check(CheckOptions::read_data()).await.unwrap();
             assert!(check.is_ok(), "{:?}", check.errors);
             expected.remove(&("r2".to_owned(), "d".to_owned()));
             assert_restores(&repo, &expected).await;
@@ -770,7 +770,7 @@ mod tests {
             if report.blobs_unused > 0 && max_unused_percent < 100.0 {
                 assert!(report.bytes_freed > 0, "seed {seed}: {report:?}");
             }
-            let check = repo.check(CheckOptions { read_data: true }).await.unwrap();
+            let check = repo.check(CheckOptions::read_data()).await.unwrap();
             assert!(check.is_ok(), "seed {seed}: {:?}", check.errors);
             assert!(check.unindexed_packs.is_empty());
             assert_restores(&repo, &expected).await;
@@ -1108,7 +1108,7 @@ mod tests {
                 );
             }
             let repo = Repository::open(&location, None).await.unwrap();
-            let check = repo.check(CheckOptions { read_data: true }).await.unwrap();
+            let check = repo.check(CheckOptions::read_data()).await.unwrap();
             assert!(
                 check.is_ok(),
                 "crash after {budget} of {total} operations: {:?}",
@@ -1122,7 +1122,7 @@ mod tests {
             repo.prune(&PruneOptions::default(), &LockOptions::default())
                 .await
                 .unwrap();
-            let check = repo.check(CheckOptions { read_data: true }).await.unwrap();
+            let check = repo.check(CheckOptions::read_data()).await.unwrap();
             assert!(
                 check.is_ok(),
                 "prune after a crash after {budget}: {:?}",

@@ -395,11 +395,7 @@ mod dedup {
                 data
             );
         }
-        assert!(repo
-            .check(CheckOptions { read_data: true })
-            .await
-            .unwrap()
-            .is_ok());
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 
     /// Regression: a blob claimed by one writer but not yet in a pack must not let a commit
@@ -667,12 +663,12 @@ mod damage {
         );
 
         // Structure is intact (sizes unchanged): a plain check passes.
-        let report = repo.check(CheckOptions { read_data: false }).await.unwrap();
+        let report = repo.check(CheckOptions::structure()).await.unwrap();
         assert!(report.is_ok(), "{:#?}", report.errors);
         assert_eq!(report.snapshots_checked, 2);
         assert_eq!(report.packs_checked, 0);
 
-        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        let report = repo.check(CheckOptions::read_data()).await.unwrap();
         assert_eq!(report.packs_checked, 2);
         assert_eq!(report.snapshots_checked, 2);
         assert_eq!(report.errors.len(), 1, "{:#?}", report.errors);
@@ -693,6 +689,46 @@ mod damage {
             problem.problem
         );
         assert_eq!(problem.affected_snapshots, vec![snap_a.id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_data_subset_reads_that_share_of_the_packs() {
+        let (dir, snap_a, _, pack_a, _) = two_snapshots_two_packs().await;
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let mut bytes = std::fs::read(&pack_a).unwrap();
+        bytes[8 + 1000] ^= 0x40;
+        std::fs::write(&pack_a, &bytes).unwrap();
+
+        // 1% of 2 packs rounds up to one pack; 50% is one pack; 100% is both.
+        let mut found = 0;
+        for _ in 0..16 {
+            let report = repo.check(CheckOptions::read_data_subset(1)).await.unwrap();
+            assert_eq!(report.packs_indexed, 2);
+            assert_eq!(report.packs_checked, 1);
+            if !report.is_ok() {
+                assert_eq!(report.errors.len(), 1, "{:#?}", report.errors);
+                assert_eq!(report.errors[0].affected_snapshots, vec![snap_a.id]);
+                found += 1;
+            }
+        }
+        // Each run draws afresh: 16 runs that all miss the damaged pack have odds 2^-16.
+        assert!(
+            found > 0 && found < 16,
+            "damaged pack found in {found} of 16 runs"
+        );
+        let report = repo
+            .check(CheckOptions::read_data_subset(50))
+            .await
+            .unwrap();
+        assert_eq!(report.packs_checked, 1);
+        let report = repo
+            .check(CheckOptions::read_data_subset(100))
+            .await
+            .unwrap();
+        assert_eq!(report.packs_checked, 2);
+        assert_eq!(report.errors.len(), 1, "{:#?}", report.errors);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -733,7 +769,7 @@ mod damage {
             .any(|p| p.object.ends_with(&snap_b.id.to_string())
                 && p.problem.contains("item list unreadable")));
 
-        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        let report = repo.check(CheckOptions::read_data()).await.unwrap();
         let p = report
             .errors
             .iter()
@@ -834,7 +870,7 @@ mod damage {
         let repo = Repository::open(&loc(dir.path()), Some(pass()))
             .await
             .unwrap();
-        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        let report = repo.check(CheckOptions::read_data()).await.unwrap();
         assert!(report.is_ok(), "{:#?}", report.errors);
         assert_eq!(report.unindexed_packs.len(), 1, "the orphan pack");
         assert_eq!(repo.list_snapshots().await.unwrap(), vec![first.clone()]);
@@ -1132,11 +1168,7 @@ mod encryption {
                 .unwrap(),
             data
         );
-        assert!(repo
-            .check(CheckOptions { read_data: true })
-            .await
-            .unwrap()
-            .is_ok());
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1161,11 +1193,7 @@ mod encryption {
             assert!(matches!(err, Error::NotEncrypted { .. }), "{err}");
             assert!(err.to_string().contains("--no-encryption"), "{err}");
         }
-        assert!(repo
-            .check(CheckOptions { read_data: true })
-            .await
-            .unwrap()
-            .is_ok());
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 
     #[tokio::test]
@@ -1318,7 +1346,7 @@ mod encryption {
                 .unwrap(),
             content
         );
-        let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+        let report = repo.check(CheckOptions::read_data()).await.unwrap();
         assert!(report.is_ok(), "{:#?}", report.errors);
         assert_eq!(report.blobs_checked, 2);
 
@@ -1334,11 +1362,7 @@ mod encryption {
             assert_eq!(&bytes[4..6], &[1, 0], "{}", path.display());
         }
         let repo = Repository::open(&loc(root), None).await.unwrap();
-        assert!(repo
-            .check(CheckOptions { read_data: true })
-            .await
-            .unwrap()
-            .is_ok());
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 }
 

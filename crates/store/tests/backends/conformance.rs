@@ -303,7 +303,7 @@ pub async fn run(t: &Target) {
     let report = repo.check(CheckOptions::default()).await.unwrap();
     assert!(report.is_ok(), "{name}: {:#?}", report.errors);
     assert_eq!(report.snapshots_checked, 2, "{name}");
-    let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+    let report = repo.check(CheckOptions::read_data()).await.unwrap();
     assert!(report.is_ok(), "{name}: {:#?}", report.errors);
     assert!(report.packs_checked > 0, "{name}");
 
@@ -404,7 +404,7 @@ async fn two_writers(t: &Target, files: &[(String, Vec<u8>)]) {
         ];
         assert_restores(name, &repo, snap, &expected).await;
     }
-    let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+    let report = repo.check(CheckOptions::read_data()).await.unwrap();
     assert!(
         report.is_ok(),
         "{name}: after two writers: {:#?}",
@@ -435,7 +435,7 @@ async fn damaged_pack_is_found(t: &Target, pack: &Path) {
     let pack_name = pack.filename().unwrap().to_owned();
 
     let repo = t.open().await;
-    let report = repo.check(CheckOptions { read_data: true }).await.unwrap();
+    let report = repo.check(CheckOptions::read_data()).await.unwrap();
     assert_eq!(report.errors.len(), 1, "{name}: {:#?}", report.errors);
     let problem = &report.errors[0];
     assert!(
