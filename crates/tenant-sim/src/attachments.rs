@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use crate::graph::Call;
 use crate::server::Sim;
 use crate::tenant::Content;
+use crate::transfer::parse_content_range;
 use crate::wire::{self, ts, Ctx, GResult, GraphError};
 
 /// Largest request body Graph accepts in one request (4 MB, taken as 4 MiB).
@@ -155,18 +156,6 @@ fn session_not_found() -> GraphError {
         "ErrorItemNotFound",
         "The upload session was not found; it may have expired or completed.",
     )
-}
-
-fn parse_content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
-    let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (a, b) = range.split_once('-')?;
-    let (a, b, t) = (
-        a.trim().parse().ok()?,
-        b.trim().parse().ok()?,
-        total.trim().parse().ok()?,
-    );
-    (a <= b).then_some((a, b, t))
 }
 
 fn status_json(s: &AttachmentSession) -> Value {

@@ -180,8 +180,8 @@ fn session_not_found() -> GraphError {
     )
 }
 
-/// `Content-Range: bytes a-b/total`.
-fn parse_content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+/// `Content-Range: bytes a-b/total` → `(a, b, total)`; `None` if absent, malformed or `a > b`.
+pub(crate) fn parse_content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
     let v = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let spec = v.trim().strip_prefix("bytes ")?;
     let (range, total) = spec.split_once('/')?;
