@@ -14,7 +14,10 @@
 //!
 //! Prints measured numbers only; it asserts nothing.
 
-use std::path::{Path, PathBuf};
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
 use m365bk_store::{
@@ -43,25 +46,7 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn corpus_files(limit_bytes: u64) -> Vec<PathBuf> {
-    let root = std::env::var_os("M365BK_TEST_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let mut files = Vec::new();
-    let mut stack = vec![root.join("users")];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = common::corpus_files(|_| true);
     let mut total = 0;
     files
         .into_iter()

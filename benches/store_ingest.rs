@@ -8,7 +8,8 @@
 //! real mail and files. Each iteration writes into a fresh repository, so nothing dedups
 //! against an earlier iteration.
 
-use std::path::{Path, PathBuf};
+#[path = "common/mod.rs"]
+mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use m365bk_store::{Encryption, InitOptions, KdfParams, Repository, SecretString};
@@ -29,25 +30,7 @@ fn incompressible(len: usize) -> Vec<u8> {
 }
 
 fn corpus_bytes(len: usize) -> Option<Vec<u8>> {
-    let root = std::env::var_os("M365BK_TEST_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let mut files = Vec::new();
-    let mut stack = vec![root.join("users")];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = common::corpus_files(|_| true);
     let mut out = Vec::with_capacity(len);
     for f in files {
         if out.len() >= len {

@@ -7,7 +7,8 @@
 //! xorshift stream, like media and office zips) and text (real mail from the test corpus when it
 //! is built, `$M365BK_TEST_CORPUS` or `corpus/`; else generated words).
 
-use std::path::{Path, PathBuf};
+#[path = "common/mod.rs"]
+mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use m365bk_store::bench_api::{blob_id, sample_compresses, Chunker, Encoder};
@@ -29,25 +30,7 @@ fn incompressible(len: usize) -> Vec<u8> {
 
 /// Real mail (`.eml`) from the test corpus, or generated words if it is not built.
 fn text(len: usize) -> Vec<u8> {
-    let root = std::env::var_os("M365BK_TEST_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
-    let mut files = Vec::new();
-    let mut stack = vec![root.join("users")];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "eml") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = common::corpus_files(|p| p.extension().is_some_and(|e| e == "eml"));
     let mut out = Vec::with_capacity(len);
     for f in files {
         if out.len() >= len {
