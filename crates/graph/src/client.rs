@@ -109,7 +109,7 @@ pub(crate) async fn with_auth_admitted<R, F, Fut>(
     policy: &RetryPolicy,
     call: Call<'_>,
     auth: bool,
-    admission: Option<(&Limiter, &Workload)>,
+    admission: Option<(&Limiter, &[Workload])>,
     attempt: F,
 ) -> Result<R>
 where
@@ -383,14 +383,24 @@ impl GraphClient {
         Workload::classify(req.method.as_str(), path, req.url.query())
     }
 
-    fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         self.shared.http.options().request_timeout
     }
 
     /// Sends `req`, reading the whole body; any status is returned.
     pub(crate) async fn send_buffered_any(&self, req: &Req) -> Result<Buffered> {
-        let http = self.shared.http.reqwest();
         let workload = self.workload(req);
+        self.send_buffered_for(req, workload.as_slice()).await
+    }
+
+    /// [`GraphClient::send_buffered_any`], admitted under `workloads` (a `$batch` carries
+    /// those of its inner requests) instead of the request's own.
+    pub(crate) async fn send_buffered_for(
+        &self,
+        req: &Req,
+        workloads: &[Workload],
+    ) -> Result<Buffered> {
+        let http = self.shared.http.reqwest();
         with_auth_admitted(
             &self.shared.tokens,
             &self.shared.http.options().retry,
@@ -401,7 +411,7 @@ impl GraphClient {
                 counter: &self.shared.requests,
             },
             req.auth,
-            workload.as_ref().map(|w| (self.shared.http.limiter(), w)),
+            (!workloads.is_empty()).then(|| (self.shared.http.limiter(), workloads)),
             move |token| {
                 let mut rb = http
                     .request(req.method.clone(), req.url.clone())
@@ -425,6 +435,11 @@ impl GraphClient {
     /// Sends `req`, reading the whole body; error statuses become [`Error::Api`].
     pub(crate) async fn send_buffered(&self, req: &Req) -> Result<Buffered> {
         let resp = self.send_buffered_any(req).await?;
+        Self::success(req, resp)
+    }
+
+    /// `resp` if its status is 2xx, else its [`Error::Api`].
+    pub(crate) fn success(req: &Req, resp: Buffered) -> Result<Buffered> {
         if (200..300).contains(&resp.status) {
             Ok(resp)
         } else {
@@ -452,7 +467,9 @@ impl GraphClient {
                 counter: &self.shared.requests,
             },
             req.auth,
-            workload.as_ref().map(|w| (self.shared.http.limiter(), w)),
+            workload
+                .as_ref()
+                .map(|w| (self.shared.http.limiter(), std::slice::from_ref(w))),
             move |token| {
                 let mut rb = http
                     .request(req.method.clone(), req.url.clone())

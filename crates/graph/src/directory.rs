@@ -197,7 +197,9 @@ impl SdkDirectory {
                 counter: &self.requests,
             },
             true,
-            workload.as_ref().map(|w| (self.http.limiter(), w)),
+            workload
+                .as_ref()
+                .map(|w| (self.http.limiter(), std::slice::from_ref(w))),
             move |token| async move {
                 let token = token.expect("auth requested");
                 let client = self.sdk_client(token.secret());

@@ -12,8 +12,10 @@
 //!   RS256 client assertion), cached and refreshed 5 minutes before expiry; [`AccessToken::claims`] reads
 //!   the `roles` claim for the permission gate.
 //! - [`GraphClient`]: JSON calls ([`GraphClient::get_json`], [`GraphClient::list`],
-//!   [`GraphClient::post_json`], ...), the [`DeltaWalker`], [`GraphClient::download`], [`GraphClient::attachment_upload_session`],
-//!   [`GraphClient::upload_session`] and [`GraphClient::attachment_upload_session`].
+//!   [`GraphClient::post_json`], ...), JSON batches of reads ([`GraphClient::batch`]: up to 20
+//!   GETs per round trip, inner throttling answers retried per request), the [`DeltaWalker`],
+//!   [`GraphClient::download`], [`GraphClient::upload_session`] and
+//!   [`GraphClient::attachment_upload_session`].
 //! - [`Directory`]: user and OneDrive lookups, on graph-rs-sdk ([`SdkDirectory`]) or our own
 //!   path ([`RestDirectory`]).
 //! - [`enum@Error`]: one error enum, classified by [`Error::is_transient`], [`Error::status`],
@@ -57,6 +59,7 @@
 
 #![deny(missing_docs)]
 
+mod batch;
 mod certificate;
 mod client;
 mod delta;
@@ -69,6 +72,7 @@ mod retry;
 mod token;
 mod upload;
 
+pub use batch::{BatchRequest, BatchResponse, MAX_BATCH_REQUESTS};
 pub use certificate::{
     AssertionAlgorithm, CertificateCredential, ASSERTION_LIFETIME, CLIENT_ASSERTION_TYPE,
 };

@@ -23,7 +23,7 @@
 //! a small margin: the client's count is never below what a server with an exact sliding
 //! window sees, so staying inside the client's budget means staying inside the server's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -396,11 +396,15 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
-/// Holds an Outlook mailbox slot while a request is in flight.
+/// Holds Outlook mailbox slots while a request (or a `$batch` of them) is in flight.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    _slot: Option<OwnedSemaphorePermit>,
+    _slots: Vec<OwnedSemaphorePermit>,
 }
+
+/// Requests of one `$batch` that Microsoft Graph dispatches at once: up to four, whatever
+/// mailboxes they target, so a batch occupies at most this many slots of one mailbox.
+pub(crate) const BATCH_PARALLELISM: u32 = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -505,30 +509,96 @@ impl Limiter {
                 None
             }
             Workload::Teams { team } => {
-                loop {
-                    let next = {
-                        let mut teams = lock(&self.teams);
-                        let limit = u64::from(self.opts.teams_requests_per_second);
-                        let gate = teams.entry(team.clone()).or_insert_with(|| {
-                            Gate::new(vec![(
-                                Window::new(Duration::from_secs(1), 20, MARGIN / 5),
-                                limit,
-                            )])
-                        });
-                        gate.try_take(Instant::now(), 1)
-                    };
-                    match next {
-                        Ok(()) => break,
-                        Err(at) => {
-                            delayed = true;
-                            tokio::time::sleep_until(at).await;
-                        }
-                    }
-                }
+                delayed |= self.wait_team(team, 1).await;
                 None
             }
         };
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.count_admitted(workload, 1, delayed, started);
+        Admission {
+            _slots: slot.into_iter().collect(),
+        }
+    }
+
+    async fn wait_team(&self, team: &str, cost: u64) -> bool {
+        let mut delayed = false;
+        loop {
+            let next = self.with_gate(&Workload::Teams { team: team.into() }, |g| {
+                g.try_take(Instant::now(), cost)
+            });
+            match next {
+                Ok(()) => return delayed,
+                Err(at) => {
+                    delayed = true;
+                    tokio::time::sleep_until(at).await;
+                }
+            }
+        }
+    }
+
+    /// Admits the inner requests of one JSON batch together, each with the budget it would
+    /// take if sent alone: one request per mailbox window and Teams window, its resource units
+    /// of SharePoint's budget, every fence waited out. A batch holds
+    /// `min(requests, 4, outlook_concurrent_requests)` slots of each mailbox it reads, since
+    /// Graph runs up to four of its requests at once. Mailboxes are taken in sorted order, so
+    /// two batches never wait for each other's slots.
+    pub(crate) async fn admit_all(&self, workloads: &[Workload]) -> Admission {
+        match workloads {
+            [] => return Admission { _slots: Vec::new() },
+            [one] => return self.admit(one).await,
+            _ => {}
+        }
+        let started = Instant::now();
+        let mut delayed = false;
+        let mut mailboxes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut teams: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut resource_units = 0u64;
+        for w in workloads {
+            match w {
+                Workload::Outlook { mailbox } => *mailboxes.entry(mailbox).or_default() += 1,
+                Workload::Teams { team } => *teams.entry(team).or_default() += 1,
+                Workload::SharePoint { resource_units: ru } => resource_units += u64::from(*ru),
+            }
+        }
+        let mut slots = Vec::new();
+        for (mailbox, n) in &mailboxes {
+            let m = self.mailbox(mailbox);
+            if let Some(s) = &m.slots {
+                let want = (*n as u32)
+                    .min(BATCH_PARALLELISM)
+                    .min(self.opts.outlook_concurrent_requests)
+                    .max(1);
+                let permit = match s.clone().try_acquire_many_owned(want) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        delayed = true;
+                        s.clone()
+                            .acquire_many_owned(want)
+                            .await
+                            .expect("the semaphore is never closed")
+                    }
+                };
+                slots.push(permit);
+            }
+            delayed |= wait_gate(&m.gate, *n).await;
+        }
+        if resource_units > 0 {
+            delayed |= wait_gate(&self.sharepoint, resource_units).await;
+        }
+        for (team, n) in &teams {
+            delayed |= self.wait_team(team, *n).await;
+        }
+        self.count_admitted(&workloads, workloads.len() as u64, delayed, started);
+        Admission { _slots: slots }
+    }
+
+    fn count_admitted(
+        &self,
+        workload: &dyn std::fmt::Debug,
+        n: u64,
+        delayed: bool,
+        started: Instant,
+    ) {
+        self.admitted.fetch_add(n, Ordering::Relaxed);
         if delayed {
             self.delayed.fetch_add(1, Ordering::Relaxed);
             let waited = started.elapsed();
@@ -540,7 +610,6 @@ impl Limiter {
                 "request waited for its workload's budget"
             );
         }
-        Admission { _slot: slot }
     }
 
     fn with_gate<T>(&self, workload: &Workload, f: impl FnOnce(&mut Gate) -> T) -> T {
@@ -738,6 +807,40 @@ mod tests {
         let mut w = Window::new(Duration::from_secs(60), 60, MARGIN);
         assert!(w.try_take(t0, 5, 3).is_ok());
         assert!(w.try_take(t0, 5, 3).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_each_inner_requests_budget_and_at_most_four_slots() {
+        let l = Arc::new(Limiter::new(ThrottleOptions {
+            outlook_requests_per_window: 25,
+            ..ThrottleOptions::default()
+        }));
+        let sp = |ru| Workload::SharePoint { resource_units: ru };
+        // 20 inner requests to mailbox a, two to b, 3 RU of SharePoint.
+        let mut batch: Vec<Workload> = (0..20).map(|_| outlook("a")).collect();
+        batch.extend([outlook("b"), outlook("b"), sp(2), sp(1)]);
+        let held = tokio::time::timeout(Duration::from_millis(1), l.admit_all(&batch))
+            .await
+            .expect("20 requests to one mailbox fit a batch: it takes 4 slots, not 20");
+        assert_eq!(l.stats().admitted, 24);
+        // Mailbox a's four slots are the batch's: a direct request waits for them...
+        let l2 = l.clone();
+        let direct = tokio::spawn(async move { l2.admit(&outlook("a")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!direct.is_finished(), "the batch holds mailbox a's slots");
+        // ...while b (two of its four slots taken) still has room.
+        let b = tokio::time::timeout(Duration::from_millis(1), l.admit(&outlook("b"))).await;
+        assert!(b.is_ok());
+        drop(held);
+        let direct = tokio::time::timeout(Duration::from_millis(1), direct)
+            .await
+            .expect("slots freed")
+            .unwrap();
+        drop(direct);
+        // The window counted 20 + 1 requests of a: a batch of 5 more must wait for it.
+        let more: Vec<Workload> = (0..5).map(|_| outlook("a")).collect();
+        let early = tokio::time::timeout(Duration::from_secs(1), l.admit_all(&more)).await;
+        assert!(early.is_err(), "25 + 1 would exceed the window's 25");
     }
 
     #[tokio::test(start_paused = true)]

@@ -188,14 +188,15 @@ where
     run_admitted(policy, call, None, attempt).await
 }
 
-/// [`run`] with admission control: before each attempt, `admission`'s workload waits for its
-/// budget and fences ([`Limiter::admit`]); each answer's `RateLimit-*` headers are read, and a
-/// 429 fences the workload for the delay waited (the greater of `Retry-After` and
+/// [`run`] with admission control: before each attempt, `admission`'s workloads (one, or the
+/// inner requests of a `$batch`) wait for their budget and fences ([`Limiter::admit_all`]);
+/// each answer's `RateLimit-*` headers are read, and a 429 fences the workloads for the delay
+/// waited (the greater of `Retry-After` and
 /// `RateLimit-Reset`), so that its other requests pause too while other workloads go on.
 pub(crate) async fn run_admitted<R, F, Fut>(
     policy: &RetryPolicy,
     call: Call<'_>,
-    admission: Option<(&Limiter, &Workload)>,
+    admission: Option<(&Limiter, &[Workload])>,
     mut attempt: F,
 ) -> Result<R>
 where
@@ -209,7 +210,7 @@ where
     loop {
         n += 1;
         let slot = match admission {
-            Some((limiter, workload)) => Some(limiter.admit(workload).await),
+            Some((limiter, workloads)) => Some(limiter.admit_all(workloads).await),
             None => None,
         };
         call.counter.fetch_add(1, Ordering::Relaxed);
@@ -218,8 +219,10 @@ where
         let delay = match outcome {
             Ok(resp) => {
                 let status = resp.status();
-                if let Some((limiter, workload)) = admission {
-                    limiter.observe(workload, resp.headers());
+                if let Some((limiter, workloads)) = admission {
+                    for workload in workloads {
+                        limiter.observe(workload, resp.headers());
+                    }
                 }
                 if !is_retryable_status(status) {
                     return Ok(resp);
@@ -253,8 +256,10 @@ where
                 );
                 let delay = retry_after.unwrap_or_else(|| policy.backoff(n));
                 if status == 429 {
-                    if let Some((limiter, workload)) = admission {
-                        limiter.fence(workload, delay);
+                    if let Some((limiter, workloads)) = admission {
+                        for workload in workloads {
+                            limiter.fence(workload, delay);
+                        }
                     }
                 }
                 if n >= max_attempts || waited + delay > policy.max_total_wait {

@@ -1988,3 +1988,123 @@ mod transport {
         );
     }
 }
+
+/// `$batch` answers a real simulator does not give: broken envelopes and inner throttling that
+/// never ends (the simulator-backed batch tests are in the root package's
+/// tests/integration/batch.rs).
+mod batch {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    use m365bk_graph::{BatchRequest, Error};
+    use serde_json::{json, Value};
+
+    use crate::support::*;
+
+    /// A server answering every `$batch` with `answer(requests of the batch)`.
+    async fn batch_server(answer: fn(&[Value]) -> axum::response::Response) -> Server {
+        let issued = Arc::new(AtomicU64::new(0));
+        serve(move |seen: Seen| {
+            let r = if seen.is_token() {
+                token_ok(&issued, 3600)
+            } else {
+                let body: Value = serde_json::from_slice(&seen.body).unwrap();
+                answer(body["requests"].as_array().unwrap())
+            };
+            async move { r }
+        })
+        .await
+    }
+
+    fn two() -> Vec<BatchRequest> {
+        vec![
+            BatchRequest::get("1", "/users/u1/mailboxSettings"),
+            BatchRequest::get("2", "/users/u1/mailFolders?$top=100"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_an_id_is_a_protocol_error_naming_it() {
+        let server =
+            batch_server(|_| json(200, json!({"responses": [{"status": 200, "body": {}}]}))).await;
+        let (graph, _) = clients(&server, fast_policy());
+        let err = graph.batch(two()).await.unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{err:?}");
+        assert!(err.to_string().contains("responses[0]"), "{err}");
+        assert!(err.to_string().contains("has no id"), "{err}");
+        assert!(err.to_string().contains("/v1.0/$batch"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_left_unanswered_or_answered_twice_is_named() {
+        let server = batch_server(|_| {
+            json(
+                200,
+                json!({"responses": [{"id": "1", "status": 200, "body": {}}]}),
+            )
+        })
+        .await;
+        let (graph, _) = clients(&server, fast_policy());
+        let err = graph.batch(two()).await.unwrap_err().to_string();
+        assert!(err.contains("no response for id \"2\""), "{err}");
+
+        let server = batch_server(|_| {
+            json(
+                200,
+                json!({"responses": [
+                    {"id": "1", "status": 200}, {"id": "1", "status": 200}, {"id": "2", "status": 200}
+                ]}),
+            )
+        })
+        .await;
+        let (graph, _) = clients(&server, fast_policy());
+        let err = graph.batch(two()).await.unwrap_err().to_string();
+        assert!(err.contains("two responses for id \"1\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_no_envelope_is_a_decode_error() {
+        let server = batch_server(|_| json(200, json!([{"id": "1"}]))).await;
+        let (graph, _) = clients(&server, fast_policy());
+        let err = graph.batch(two()).await.unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        assert!(err.to_string().contains("/v1.0/$batch"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn inner_throttling_without_end_stops_at_the_attempt_limit() {
+        // Request 1 always 503 without Retry-After (jittered backoff); request 2 succeeds.
+        let server = batch_server(|reqs| {
+            let responses: Vec<Value> = reqs
+                .iter()
+                .map(|r| {
+                    if r["id"] == "1" {
+                        json!({"id": "1", "status": 503, "headers": {"Content-Type": "application/json"},
+                            "body": {"error": {"code": "serviceNotAvailable", "message": "later"}}})
+                    } else {
+                        json!({"id": r["id"], "status": 200, "body": {"value": []}})
+                    }
+                })
+                .collect();
+            json(200, json!({ "responses": responses }))
+        })
+        .await;
+        let (graph, _) = clients(&server, fast_policy());
+        let answers = graph.batch(two()).await.unwrap();
+        assert_eq!(answers[0].status, 503);
+        assert_eq!(answers[0].attempts, 4, "fast_policy allows 4 attempts");
+        assert_eq!(answers[1].attempts, 1);
+        assert!(matches!(
+            answers[0].json::<Value>().unwrap_err(),
+            Error::Throttled { attempts: 4, .. }
+        ));
+        let posts: Vec<Seen> = server.graph_log();
+        assert_eq!(posts.len(), 4);
+        // Only the throttled request went again.
+        for p in &posts[1..] {
+            let body: Value = serde_json::from_slice(&p.body).unwrap();
+            assert_eq!(body["requests"].as_array().unwrap().len(), 1, "{body}");
+        }
+        assert_eq!(posts[0].path, "/v1.0/$batch");
+    }
+}
