@@ -449,14 +449,9 @@ pub(crate) fn forbidden(workload: Workload, has_roles: bool) -> GraphError {
     }
 }
 
-/// Every `/v1.0/…` request.
-pub(crate) async fn handle(
-    State(sim): State<Arc<Sim>>,
-    Extension(ctx): Extension<Ctx>,
-    req: Request,
-) -> Response {
-    let (parts, body) = req.into_parts();
-    let verified = match token::bearer(&parts.headers) {
+/// The claims of the request's Graph access token, or why it is refused.
+pub(crate) fn verify_graph_token(sim: &Sim, headers: &HeaderMap) -> Result<Claims, TokenRejection> {
+    match token::bearer(headers) {
         None => Err(TokenRejection::Missing),
         Some(t) => sim.keys.verify_with_clock_offset(
             t,
@@ -464,8 +459,17 @@ pub(crate) async fn handle(
             sim.clock_offset_secs
                 .load(std::sync::atomic::Ordering::Relaxed),
         ),
-    };
-    let claims = match verified {
+    }
+}
+
+/// Every `/v1.0/…` request.
+pub(crate) async fn handle(
+    State(sim): State<Arc<Sim>>,
+    Extension(ctx): Extension<Ctx>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let claims = match verify_graph_token(&sim, &parts.headers) {
         Ok(c) => c,
         Err(why) => return unauthorized(&ctx, why),
     };

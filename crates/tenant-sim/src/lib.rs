@@ -47,6 +47,12 @@
 //!   get, create), events (list, get, create), calendarView delta, drive (get), driveItems
 //!   (get by id or `:/path:`, children, delta, content → 302, create folder, simple upload,
 //!   createUploadSession, PATCH rename/move, DELETE).
+//! - `POST B/v1.0/$batch` (JSON batching): each inner request runs through the same router with
+//!   the batch's `Authorization`, so permissions, faults, latency, the throttling model and the
+//!   request log apply to it as to a request sent alone (an inner 429 keeps its `Retry-After`
+//!   in the inner `headers`); up to 4 run at once; `dependsOn` orders them and a dependant of a
+//!   failed request gets 424 without running; 400 for more than 20 requests, a repeated id, a
+//!   `dependsOn` naming no request of the batch, a cycle, or an absolute `url`.
 //! - Delta follows Graph: `Prefer: odata.maxpagesize=N` applies per request (re-send it on
 //!   nextLinks), `Preference-Applied` echoes it; `@odata.nextLink` carries `$skiptoken` (drive:
 //!   `token`), the last page `@odata.deltaLink`; later rounds return changes and removals
@@ -62,7 +68,8 @@
 //!   OneDrive's resource units per minute with `RateLimit-*` headers), all off by default.
 //! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
 //!   `seq, at_ms, method, path, status, app_id, authorization_header, bytes_out, fault`, plus
-//!   `fault_rule` for a rule's fault; `/_sim/` calls are not logged),
+//!   `fault_rule` for a rule's fault, `batch_request_id` for a request run inside a `$batch`;
+//!   `/_sim/` calls are not logged),
 //!   `GET|PUT|DELETE B/_sim/admin/faults` (PUT a JSON array of rules or a `[faults]`-shaped
 //!   object; GET returns it with each rule's `matched`/`injected` and `throttled` counters), `PUT B/_sim/admin/apps/{client_id}/roles|consent`,
 //!   `POST|DELETE B/_sim/admin/apps/{client_id}/certificates` (PEM; answers the thumbprints),
@@ -91,6 +98,7 @@
 
 mod admin;
 mod attachments;
+mod batch;
 mod config;
 mod corpus;
 mod delta;

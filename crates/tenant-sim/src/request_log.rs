@@ -37,6 +37,10 @@ pub(crate) struct LogEntry {
     /// Index of the fault rule that fired (none for throttling and expired credentials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault_rule: Option<usize>,
+    /// The `id` of this request inside the JSON batch that carried it (absent for requests
+    /// sent on their own, the `POST /v1.0/$batch` included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_request_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +70,10 @@ pub(crate) async fn middleware(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
     let authorization_header = req.headers().contains_key(header::AUTHORIZATION);
+    let batch_request_id = req
+        .extensions()
+        .get::<crate::batch::InBatch>()
+        .map(|b| b.0.clone());
     let client_request_id = req
         .headers()
         .get("client-request-id")
@@ -126,6 +134,7 @@ pub(crate) async fn middleware(
         bytes_out,
         fault: label.as_ref().map(|l| l.fault.clone()),
         fault_rule: label.and_then(|l| l.rule),
+        batch_request_id,
     });
     resp
 }

@@ -17,7 +17,7 @@ use crate::permissions::PermissionTable;
 use crate::request_log::RequestLog;
 use crate::tenant::Tenant;
 use crate::token::TokenKeys;
-use crate::{admin, corpus, faults, graph, request_log, token, transfer};
+use crate::{admin, batch, corpus, faults, graph, request_log, token, transfer};
 
 /// What to serve and where.
 #[derive(Debug, Clone)]
@@ -189,9 +189,12 @@ pub async fn serve(opts: SimOptions) -> Result<RunningSim> {
     })
 }
 
-fn router(sim: Arc<Sim>) -> Router {
+/// The simulator's routes and middleware (request log, faults) over `sim`; `$batch` runs its
+/// inner requests through a fresh one.
+pub(crate) fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token::token_endpoint))
+        .route("/v1.0/$batch", post(batch::handle))
         .route("/v1.0", any(graph::handle))
         .route("/v1.0/", any(graph::handle))
         .route("/v1.0/{*rest}", any(graph::handle))
