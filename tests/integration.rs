@@ -7,6 +7,7 @@ mod integration {
     mod attachments;
     mod auth;
     mod bad_input;
+    mod batch;
     mod crash;
     mod e2e;
     mod encryption;

@@ -1,10 +1,12 @@
 //! Mailbox backup: folders, messages (MIME), contacts, events, settings; incremental by delta.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser, ItemType};
-use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient};
+use m365bk_graph::{
+    is_removed, BatchRequest, BatchResponse, DeltaJournal, DeltaStart, GraphClient,
+};
 use m365bk_store::{BackupWriter, Item, SkippedItem, Snapshot, SnapshotDraft};
 use serde_json::{json, Value};
 
@@ -166,54 +168,137 @@ struct Folder {
     json: Value,
 }
 
-/// Every `mailFolder` of the mailbox, parents before children
+/// Every `mailFolder` of the mailbox, parents before children, from the first page of
+/// `mailFolders` (read in the mailbox's first batch): each breadth-first level's `childFolders`
+/// first pages go in JSON batches of up to 20, later pages by `nextLink`
 /// (https://learn.microsoft.com/graph/api/user-list-mailfolders,
-/// https://learn.microsoft.com/graph/api/mailfolder-list-childfolders).
-async fn list_mail_folders(graph: &GraphClient, uid: &str) -> m365bk_graph::Result<Vec<Folder>> {
+/// https://learn.microsoft.com/graph/api/mailfolder-list-childfolders,
+/// https://learn.microsoft.com/graph/json-batching).
+async fn list_mail_folders(
+    graph: &GraphClient,
+    uid: &str,
+    first_page: &BatchResponse,
+) -> m365bk_graph::Result<Vec<Folder>> {
     let mut out = Vec::new();
-    let top: Vec<Value> = graph
-        .list(
-            &format!("/users/{uid}/mailFolders?includeHiddenFolders=true&$top=100"),
-            None,
-        )
-        .await?;
-    let mut queue: VecDeque<(Value, String)> = top
+    let top: Vec<Value> = graph.list_from_batch(first_page).await?;
+    let mut level: Vec<(Value, String)> = top
         .into_iter()
         .map(|f| {
             let path = segment(str_field(&f, "displayName").unwrap_or("(unnamed)"));
             (f, path)
         })
         .collect();
-    while let Some((json, path)) = queue.pop_front() {
-        let Some(id) = str_field(&json, "id").map(str::to_string) else {
-            continue;
-        };
-        if json
-            .get("childFolderCount")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            > 0
-        {
-            let children: Vec<Value> = graph
-                .list(
-                    &format!(
+    while !level.is_empty() {
+        let mut parents: Vec<String> = Vec::new();
+        let mut requests = Vec::new();
+        for (json, path) in &level {
+            let Some(id) = str_field(json, "id") else {
+                continue;
+            };
+            if json
+                .get("childFolderCount")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                > 0
+            {
+                requests.push(BatchRequest::get(
+                    requests.len().to_string(),
+                    format!(
                         "/users/{uid}/mailFolders/{}/childFolders?includeHiddenFolders=true&$top=100",
-                        encode_segment(&id)
+                        encode_segment(id)
                     ),
-                    None,
-                )
-                .await?;
+                ));
+                parents.push(path.clone());
+            }
+        }
+        let answers = if requests.is_empty() {
+            Vec::new()
+        } else {
+            graph.batch(requests).await?
+        };
+        let mut next = Vec::new();
+        for (answer, path) in answers.iter().zip(parents) {
+            let children: Vec<Value> = graph.list_from_batch(answer).await?;
             for c in children {
                 let p = format!(
                     "{path}/{}",
                     segment(str_field(&c, "displayName").unwrap_or("(unnamed)"))
                 );
-                queue.push_back((c, p));
+                next.push((c, p));
             }
         }
-        out.push(Folder { id, path, json });
+        for (json, path) in std::mem::replace(&mut level, next) {
+            if let Some(id) = str_field(&json, "id").map(str::to_string) {
+                out.push(Folder { id, path, json });
+            }
+        }
     }
     Ok(out)
+}
+
+/// The first reads of a mailbox backup that the job's item types need, sent as one JSON batch
+/// (https://learn.microsoft.com/graph/json-batching) instead of one round trip each: the
+/// first page of `mailFolders` (mail), of `contactFolders` and one contact's
+/// `parentFolderId` (contacts), `mailboxSettings`.
+struct FirstReads {
+    mail_folders: Option<BatchResponse>,
+    contact_folders: Option<BatchResponse>,
+    default_contact: Option<BatchResponse>,
+    mailbox_settings: Option<BatchResponse>,
+}
+
+async fn first_reads(
+    graph: &GraphClient,
+    uid: &str,
+    types: &std::collections::BTreeSet<ItemType>,
+    upn: &str,
+) -> Result<FirstReads> {
+    const MAIL_FOLDERS: &str = "mailFolders";
+    const CONTACT_FOLDERS: &str = "contactFolders";
+    const DEFAULT_CONTACT: &str = "defaultContactFolder";
+    const SETTINGS: &str = "mailboxSettings";
+    let mut requests = Vec::new();
+    if types.contains(&ItemType::Mail) {
+        requests.push(BatchRequest::get(
+            MAIL_FOLDERS,
+            format!("/users/{uid}/mailFolders?includeHiddenFolders=true&$top=100"),
+        ));
+    }
+    if types.contains(&ItemType::Contacts) {
+        requests.push(BatchRequest::get(
+            CONTACT_FOLDERS,
+            format!("/users/{uid}/contactFolders?$top=100"),
+        ));
+        requests.push(BatchRequest::get(
+            DEFAULT_CONTACT,
+            format!("/users/{uid}/contacts?$top=1&$select=parentFolderId"),
+        ));
+    }
+    if types.contains(&ItemType::MailboxSettings) {
+        requests.push(BatchRequest::get(
+            SETTINGS,
+            format!("/users/{uid}/mailboxSettings"),
+        ));
+    }
+    let mut answers = if requests.is_empty() {
+        Vec::new()
+    } else {
+        graph.batch(requests).await.map_err(Error::graph(format!(
+            "reading the folder lists and settings of {upn} (one JSON batch)"
+        )))?
+    };
+    let mut take = |id: &str| {
+        answers
+            .iter()
+            .position(|a| a.id == id)
+            .map(|i| answers.swap_remove(i))
+    };
+    Ok(FirstReads {
+        mail_folders: take(MAIL_FOLDERS),
+        contact_folders: take(CONTACT_FOLDERS),
+        default_contact: take(DEFAULT_CONTACT),
+        mailbox_settings: take(SETTINGS),
+    })
 }
 
 /// Collects the result of one mailbox backup.
@@ -252,12 +337,14 @@ pub async fn backup_mailbox(
         skipped: Vec::new(),
         state: serde_json::Map::new(),
     };
+    let first = first_reads(graph, &uid, types, &user.user_principal_name).await?;
 
-    if types.contains(&ItemType::Mail) {
+    if let Some(mail_folders) = &first.mail_folders {
         backup_mail(
             graph,
             writer,
             &uid,
+            mail_folders,
             parent_items,
             parent_state,
             opts,
@@ -265,26 +352,24 @@ pub async fn backup_mailbox(
         )
         .await?;
     }
-    if types.contains(&ItemType::Contacts) {
-        let mut folders: Vec<Value> = graph
-            .list(&format!("/users/{uid}/contactFolders?$top=100"), None)
-            .await
-            .map_err(Error::graph(format!(
-                "listing contact folders of {}",
-                user.user_principal_name
-            )))?;
+    if let (Some(contact_folders), Some(default_contact)) =
+        (&first.contact_folders, &first.default_contact)
+    {
+        let mut folders: Vec<Value> =
+            graph
+                .list_from_batch(contact_folders)
+                .await
+                .map_err(Error::graph(format!(
+                    "listing contact folders of {}",
+                    user.user_principal_name
+                )))?;
         // `contactFolders` lists the folders inside the default Contacts folder, not the
         // default folder itself (https://learn.microsoft.com/graph/api/user-list-contactfolders);
         // its id is the parentFolderId of the contacts it holds.
-        let sample: Value = graph
-            .get_json(&format!(
-                "/users/{uid}/contacts?$top=1&$select=parentFolderId"
-            ))
-            .await
-            .map_err(Error::graph(format!(
-                "finding the default contact folder of {}",
-                user.user_principal_name
-            )))?;
+        let sample: Value = default_contact.json().map_err(Error::graph(format!(
+            "finding the default contact folder of {}",
+            user.user_principal_name
+        )))?;
         if let Some(default_id) = sample
             .get("value")
             .and_then(|v| v.get(0))
@@ -377,14 +462,11 @@ pub async fn backup_mailbox(
             draft.state.insert("calendar".into(), Value::String(link));
         }
     }
-    if types.contains(&ItemType::MailboxSettings) {
-        let settings: Value = graph
-            .get_json(&format!("/users/{uid}/mailboxSettings"))
-            .await
-            .map_err(Error::graph(format!(
-                "reading mailboxSettings of {}",
-                user.user_principal_name
-            )))?;
+    if let Some(mailbox_settings) = &first.mailbox_settings {
+        let settings: Value = mailbox_settings.json().map_err(Error::graph(format!(
+            "reading mailboxSettings of {}",
+            user.user_principal_name
+        )))?;
         draft.items.push(Item {
             kind: kind::MAILBOX_SETTINGS.into(),
             id: "mailboxSettings".into(),
@@ -436,16 +518,18 @@ fn json_item(kind: &str, parent: &str, parent_path: &str, title_key: &str, v: Va
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn backup_mail(
     graph: &GraphClient,
     writer: &BackupWriter,
     uid: &str,
+    first_folder_page: &BatchResponse,
     parent_items: &[Item],
     parent_state: Option<&Value>,
     opts: &BackupOptions,
     draft: &mut Draft,
 ) -> Result<()> {
-    let folders = list_mail_folders(graph, uid)
+    let folders = list_mail_folders(graph, uid, first_folder_page)
         .await
         .map_err(Error::graph(format!("listing mail folders of user {uid}")))?;
     let parent_by_id: HashMap<&str, &Item> = parent_items
