@@ -16,7 +16,7 @@ const DEFAULT_TOKEN_LIFETIME_SECS: u64 = 3599;
 /// token_lifetime_secs = 3599          # optional, default 3599
 /// [[apps]]
 /// client_id = "0f6d1d5e-7a43-4c55-9d0e-2b7f4c1a9e01"
-/// client_secret = "s3cret"
+/// client_secret = "s3cret"            # optional: an app may have certificates only
 /// display_name = "m365bk"             # optional, default "m365bk"
 /// admin_consent = true                # optional, default true; false → no `roles` claim
 /// roles = ["Mail.Read", "User.Read.All"]
@@ -42,14 +42,24 @@ pub struct TenantConfig {
     pub faults: FaultsConfig,
 }
 
-/// One app registration with a client secret and its granted application permissions.
+/// One app registration: its credentials (a client secret, certificates, or both) and its
+/// granted application permissions.
+///
+/// An app without a secret is a certificate-only registration, as Microsoft recommends for
+/// daemons (<https://learn.microsoft.com/entra/identity-platform/certificate-credentials>):
+/// the token endpoint accepts only client assertions from it, refuses a request carrying
+/// neither credential with `AADSTS7000218` and a client secret with `AADSTS7000215`
+/// (<https://learn.microsoft.com/entra/identity-platform/reference-error-codes>). An app with
+/// neither a secret nor a certificate is allowed (certificates can be registered at run time)
+/// but cannot get a token until it has one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// Application (client) id, a GUID.
     pub client_id: String,
-    /// The client secret value.
-    pub client_secret: String,
+    /// The client secret value; `None` for a certificate-only app.
+    #[serde(default)]
+    pub client_secret: Option<String>,
     /// PEM X.509 certificates registered for certificate credentials (client assertions
     /// signed PS256 with `x5t#S256` or RS256 with `x5t`); more can be added at run time with
     /// `POST /_sim/admin/apps/{client_id}/certificates`.
@@ -136,8 +146,10 @@ impl TenantConfig {
                     app.client_id
                 ));
             }
-            if app.client_secret.is_empty() {
-                return Err(format!("apps[{i}].client_secret must not be empty"));
+            if app.client_secret.as_deref() == Some("") {
+                return Err(format!(
+                    "apps[{i}].client_secret must not be empty (leave the key out for a certificate-only app)"
+                ));
             }
             for (j, pem) in app.certificates.iter().enumerate() {
                 crate::token::KeyCredential::from_pem(pem)
@@ -192,6 +204,16 @@ roles = ["Mail.Read"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("latency"), "{err}");
+    }
+
+    #[test]
+    fn certificate_only_apps_have_no_secret_and_an_empty_secret_is_refused() {
+        let c = TenantConfig::from_toml(&GOOD.replace("client_secret = \"x\"\n", "")).unwrap();
+        assert_eq!(c.apps[0].client_secret, None);
+        let err = TenantConfig::from_toml(&GOOD.replace("\"x\"", "\"\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps[0].client_secret"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`SimOptions`] (corpus directory, [`TenantConfig`], listen address) → [`serve`] →
 //!   [`RunningSim`] (`base_url`, stop handle). The binary `m365bk-tenant-sim` wraps the same.
 //! - [`TenantConfig`]: TOML with `tenant_id`, `token_lifetime_secs` and `[[apps]]`
-//!   (`client_id`, `client_secret`, `certificates`, `display_name`, `admin_consent`, `roles`);
+//!   (`client_id`, `client_secret` — optional: an app without one is certificate-only —,
+//!   `certificates`, `display_name`, `admin_consent`, `roles`);
 //!   unknown keys
 //!   are errors; an optional `[faults]` section ([`FaultsConfig`]) injects faults, latency
 //!   and Microsoft's throttling limits.
@@ -31,11 +32,13 @@
 //!   without admin consent; `expires_in` = `token_lifetime_secs` (`--token-lifetime-secs`,
 //!   `PUT B/_sim/admin/token-lifetime`). Certificate credentials: `client_assertion_type`
 //!   jwt-bearer + `client_assertion` signed PS256 (`x5t#S256`) or RS256 (`x5t`) with a
-//!   certificate registered on the app. AADSTS errors: 90002 (tenant), 900144 (missing
-//!   parameter), 70003 (grant type), 700016 (client), 7000215 (secret), 7000218 (no
+//!   certificate registered on the app; each assertion's `jti` is good for one request.
+//!   AADSTS errors: 90002 (tenant), 900144 (missing parameter), 70003 (grant type), 700016
+//!   (client), 7000215 (wrong secret, or any secret for a certificate-only app), 7000218 (no
 //!   credential), 1002012 (scope shape), 70011 (unknown resource), 50027 (assertion not a JWT),
 //!   5002738 (algorithm), 700027 (unknown thumbprint or bad signature), 700021 (`iss`/`sub` ≠
-//!   `client_id`), 700023 (`aud` ≠ this token endpoint), 700024 (outside `nbf`..`exp` ± 5 min).
+//!   `client_id`), 700023 (`aud` ≠ this token endpoint), 700024 (outside `nbf`..`exp` ± 5 min),
+//!   50013 (`jti` already used; Entra's own code for a replay is not documented).
 //! - `B/v1.0/…` — every request needs a Graph bearer token (401 `InvalidAuthenticationToken`
 //!   otherwise) and is matched to a template of Microsoft's `endpointIndex` (plus the
 //!   overrides in `permissions.rs`); a token without a granting role gets the 403 of the

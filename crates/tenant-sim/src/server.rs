@@ -104,6 +104,7 @@ pub(crate) struct Sim {
     state: Mutex<Tenant>,
     log: Mutex<RequestLog>,
     faults: Mutex<FaultState>,
+    assertion_ids: Mutex<token::ReplayCache>,
 }
 
 impl Sim {
@@ -120,6 +121,11 @@ impl Sim {
     /// `.await`.
     pub(crate) fn faults(&self) -> MutexGuard<'_, FaultState> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `jti`s of accepted client assertions. Never held across an `.await`.
+    pub(crate) fn assertion_ids(&self) -> MutexGuard<'_, token::ReplayCache> {
+        self.assertion_ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn graph_base(&self) -> String {
@@ -166,6 +172,7 @@ pub async fn serve(opts: SimOptions) -> Result<RunningSim> {
         state: Mutex::new(tenant),
         log: Mutex::new(RequestLog::default()),
         faults: Mutex::new(FaultState::new(opts.tenant.faults.clone())),
+        assertion_ids: Mutex::new(token::ReplayCache::default()),
     });
     let router = router(sim.clone());
     let (tx, rx) = oneshot::channel::<()>();

@@ -58,7 +58,8 @@ impl Content {
 #[derive(Debug, Clone)]
 pub(crate) struct App {
     pub client_id: String,
-    pub client_secret: String,
+    /// `None` for a certificate-only app registration.
+    pub client_secret: Option<String>,
     /// Certificates registered under *Certificates & secrets* (client assertions).
     pub certificates: Vec<crate::token::KeyCredential>,
     pub display_name: String,

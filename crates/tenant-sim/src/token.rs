@@ -259,12 +259,56 @@ struct AssertionClaims {
     nbf: Option<i64>,
     #[serde(default)]
     exp: Option<i64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// The `jti` of every client assertion the token endpoint accepted, kept until the assertion
+/// could no longer pass the time check anyway (`exp` plus the clock skew allowed), so that an
+/// assertion is good for one token request only.
+///
+/// Microsoft's certificate-credential format requires `jti` ("a unique identifier ... that
+/// can be used to prevent replay",
+/// <https://learn.microsoft.com/entra/identity-platform/certificate-credentials>) and Entra ID
+/// refuses a replayed assertion; the AADSTS code it answers with is not documented on
+/// <https://learn.microsoft.com/entra/identity-platform/reference-error-codes>, so the
+/// simulator answers 401 `invalid_client` with [`REPLAY_CODE`] (`InvalidAssertion`, the
+/// documented catch-all for an assertion refused "because of various reasons") and a
+/// description that says the `jti` was used before. An assertion without `jti` cannot be
+/// checked and is let through (what Entra ID does with one is not documented either).
+#[derive(Debug, Default)]
+pub(crate) struct ReplayCache {
+    /// `client_id/jti` (client id lower-cased) → unix second from which it may be forgotten.
+    seen: std::collections::HashMap<String, i64>,
+}
+
+/// AADSTS code of a replayed assertion: `InvalidAssertion` (Entra's replay-specific code, if
+/// any, is not documented).
+const REPLAY_CODE: u32 = 50013;
+
+impl ReplayCache {
+    /// Records `jti` for `client_id` until `forget_at`; `false` when it is already recorded
+    /// (a replay). Forgets entries whose time is up.
+    fn first_use(&mut self, client_id: &str, jti: &str, now: i64, forget_at: i64) -> bool {
+        self.seen.retain(|_, until| *until >= now);
+        match self
+            .seen
+            .entry(format!("{}/{jti}", client_id.to_ascii_lowercase()))
+        {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(forget_at);
+                true
+            }
+        }
+    }
 }
 
 /// Checks a certificate credential the way Entra ID does: the assertion names a certificate
 /// registered on the app (`x5t#S256` or `x5t`), its signature verifies with that certificate
-/// (`PS256` or `RS256`), `iss` and `sub` are the client id, `aud` is this token endpoint, and
-/// now (plus the admin clock offset, `PUT /_sim/admin/clock-offset`) lies within `nbf`..`exp` give or take 5 minutes.
+/// (`PS256` or `RS256`), `iss` and `sub` are the client id, `aud` is this token endpoint,
+/// now (plus the admin clock offset, `PUT /_sim/admin/clock-offset`) lies within `nbf`..`exp`
+/// give or take 5 minutes, and its `jti` was not used before ([`ReplayCache`]).
 fn check_assertion(
     sim: &Sim,
     app: &crate::tenant::App,
@@ -404,6 +448,21 @@ fn check_assertion(
                 fmt(exp)
             ),
         ));
+    }
+    if let Some(jti) = claims.jti.as_deref() {
+        let first = sim
+            .assertion_ids()
+            .first_use(client_id, jti, now, exp + ASSERTION_SKEW_SECS);
+        if !first {
+            return Err(aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                REPLAY_CODE,
+                format!(
+                    "The client assertion with identifier (jti) '{jti}' has already been used. A client assertion is good for one token request: sign a new one with a new jti for every request. Review the documentation at https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials ."
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -585,8 +644,9 @@ fn issue_token(sim: &Sim, tenant: &str, body: &[u8]) -> Result<(String, Value), 
         ));
     };
     match (get("client_secret"), get("client_assertion")) {
+        // A certificate-only app has no secret, so any secret is wrong (7000215).
         (Some(secret), _) => {
-            if secret != app.client_secret {
+            if app.client_secret.as_deref() != Some(secret) {
                 return Err(aad_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -688,6 +748,21 @@ mod tests {
                 .map(|e| e.code),
             Some(70011)
         );
+    }
+
+    #[test]
+    fn a_jti_is_good_once_until_it_may_be_forgotten() {
+        let mut c = ReplayCache::default();
+        assert!(c.first_use("App", "j1", 100, 200));
+        assert!(
+            !c.first_use("app", "j1", 150, 250),
+            "same app, same jti: replay"
+        );
+        assert!(c.first_use("other", "j1", 150, 250), "jti is per app");
+        assert!(c.first_use("app", "j2", 150, 250));
+        // Past its time the entry is forgotten (the time check refuses such an assertion).
+        assert!(c.first_use("app", "j1", 201, 300));
+        assert_eq!(c.seen.len(), 3);
     }
 
     #[test]

@@ -26,3 +26,6 @@ mod faults;
 
 #[path = "integration/attachments.rs"]
 mod attachments;
+
+#[path = "integration/credentials.rs"]
+mod credentials;
