@@ -1,13 +1,18 @@
 //! Writing: content writers, the shared packer, index and snapshot commits.
 //!
-//! Data flow: [`ContentWriter::write`] buffers up to two maximum-size chunks, then (on a
-//! blocking thread) cuts chunks, hashes them, claims the new ones in the session, compresses
-//! and (in an encrypted repository) seals those and appends them to the session's open pack. A full pack is sealed and uploaded by a
-//! background task while writers go on; at most [`MAX_PACKS_IN_FLIGHT`] packs wait or upload at
-//! once (back-pressure). [`BackupWriter::commit_snapshot`] seals the open pack, waits for every
-//! pack sealed so far, writes one index file for the uploaded packs, then the snapshot.
+//! Data flow: [`ContentWriter::write`] buffers up to two maximum-size chunks, then (on the
+//! store's compute pool, as an urgent job) cuts chunks, hashes them and claims the new ones in
+//! the session, and hands the writer its chunk ids. Compressing and (in an encrypted
+//! repository) sealing the claimed chunks, and appending them to the session's open pack,
+//! follows as a background job on the same pool while the writer goes on reading; the bytes
+//! those jobs hold are bounded per session. A full pack is sealed and uploaded by a background
+//! task; at most [`MAX_PACKS_IN_FLIGHT`] packs wait or upload at once (back-pressure).
+//! [`BackupWriter::commit_snapshot`] waits for the claimed chunks to reach the open pack, seals
+//! it, waits for every pack sealed so far, writes one index file for the uploaded packs, then
+//! the snapshot.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -31,8 +36,14 @@ use crate::snapshot::{self, ContentRef, Item, Snapshot, SnapshotDraft};
 pub(crate) const MAX_PACKS_IN_FLIGHT: usize = 2;
 /// Concurrent pack uploads per session.
 const UPLOAD_SLOTS: usize = 2;
-/// Buffers this small are chunked on the async thread: a blocking-pool hop costs more.
+/// Buffers this small are chunked and compressed on the async thread: a hop to the compute
+/// pool costs more.
 const INLINE_BYTES: usize = 64 * 1024;
+/// Writer buffers held by compression jobs, per compute thread, in units of the writers'
+/// buffer size (two maximum-size chunks): two keep each thread busy while writers refill.
+const ENCODE_BUFFERS_PER_THREAD: usize = 1;
+/// Spare writer buffers kept per compute thread (see `Session::spare_buffers`).
+const SPARE_BUFFERS_PER_THREAD: usize = 4;
 /// Item list bytes buffered before they are written as content.
 const TREE_WRITE_BYTES: usize = 1024 * 1024;
 
@@ -77,6 +88,15 @@ pub(crate) struct Session {
     /// Sequence numbers of sealed packs not yet uploaded (or failed).
     in_flight: watch::Sender<BTreeSet<u64>>,
     upload_slots: Arc<Semaphore>,
+    /// Sequence numbers of encode batches: chunks claimed and being compressed, not yet in the
+    /// open pack.
+    encoding: watch::Sender<BTreeSet<u64>>,
+    /// KiB of writer buffers that encode batches may hold; writers wait beyond it.
+    encode_budget: Arc<Semaphore>,
+    /// Writer buffers (capacity `process_bytes`) back from compression, for the next writer:
+    /// reusing them keeps large buffers from being freed on one thread and allocated on
+    /// another, which leaves glibc's per-thread arenas holding many freed copies.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
     commit_lock: tokio::sync::Mutex<()>,
     /// Buffer size at which a content writer chunks what it holds.
     process_bytes: usize,
@@ -88,6 +108,7 @@ struct SessionState {
     claimed: IdSet<BlobId>,
     open: PackBuilder,
     next_seq: u64,
+    next_encode_seq: u64,
     /// Uploaded packs not yet in an index file.
     unindexed: Vec<IndexPack>,
     failed: Option<String>,
@@ -117,6 +138,7 @@ impl std::fmt::Debug for BackupWriter {
 impl BackupWriter {
     pub(crate) fn new(repo: Repository, lock: RepoLock) -> Self {
         let process_bytes = 2 * repo.inner.chunker.max_size();
+        let encode_kib = ENCODE_BUFFERS_PER_THREAD * crate::compute::threads() * kib(process_bytes);
         BackupWriter {
             lock: Some(lock),
             session: Arc::new(Session {
@@ -124,6 +146,9 @@ impl BackupWriter {
                 state: Mutex::new(SessionState::default()),
                 in_flight: watch::Sender::new(BTreeSet::new()),
                 upload_slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+                encoding: watch::Sender::new(BTreeSet::new()),
+                encode_budget: Arc::new(Semaphore::new(encode_kib)),
+                spare_buffers: Mutex::new(Vec::new()),
                 commit_lock: tokio::sync::Mutex::new(()),
                 process_bytes,
             }),
@@ -260,69 +285,99 @@ impl Session {
         state.failed.get_or_insert(detail);
     }
 
-    /// Cuts, hashes, dedups, compresses and packs `buf`; returns the chunk ids and how many
-    /// bytes were consumed (all if `at_end`, else all but less than one maximum chunk).
-    /// CPU-bound: call off the async threads for large buffers.
-    fn ingest(
+    /// An empty writer buffer with room for `process_bytes`.
+    fn take_buffer(&self) -> Vec<u8> {
+        self.spare_buffers
+            .lock()
+            .expect("buffer pool lock")
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.process_bytes))
+    }
+
+    /// Returns a writer buffer to the pool (at most one per compute thread and writer
+    /// buffer in the encode budget are kept; smaller ones are dropped).
+    fn recycle_buffer(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < self.process_bytes || buf.capacity() > 2 * self.process_bytes {
+            return;
+        }
+        buf.clear();
+        let mut spare = self.spare_buffers.lock().expect("buffer pool lock");
+        if spare.len() < SPARE_BUFFERS_PER_THREAD * crate::compute::threads() {
+            spare.push(buf);
+        }
+    }
+
+    /// Cuts and hashes `buf` and claims the chunks neither indexed nor claimed by this session
+    /// (each id once). Returns the chunk ids, how many bytes were consumed (all if `at_end`,
+    /// else all but less than one maximum chunk), and the claimed chunks as an
+    /// [`EncodeBatch`] that must reach the open pack ([`Session::encode_batch`]) before a
+    /// commit may refer to them. CPU-bound: call off the async threads for large buffers.
+    fn cut_and_claim(
         self: &Arc<Self>,
-        handle: &Handle,
         buf: &[u8],
         at_end: bool,
-    ) -> Result<(Vec<BlobId>, usize)> {
+    ) -> Result<(Vec<BlobId>, usize, Option<EncodeBatch>)> {
         let repo = &self.repo.inner;
         let lens = repo.chunker.cut_all(buf, at_end);
-        let mut chunks = Vec::with_capacity(lens.len());
+        let mut ids = Vec::with_capacity(lens.len());
+        let mut ranges = Vec::with_capacity(lens.len());
         let mut pos = 0;
         for len in lens {
-            let data = &buf[pos..pos + len];
-            chunks.push((blob::blob_id(&repo.key, data), data));
+            ids.push(blob::blob_id(&repo.key, &buf[pos..pos + len]));
+            ranges.push(pos..pos + len);
             pos += len;
         }
 
-        // Candidates: chunks neither indexed nor claimed by this session (first occurrence in
-        // this buffer only). Compression happens outside the lock.
-        let candidates: Vec<usize> = {
-            let state = self.state.lock().expect("session lock");
-            state.check_failed()?;
-            let index = repo.index.read().expect("index lock");
-            let mut seen = IdSet::default();
-            chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, (id, _))| {
-                    !index.contains(id) && !state.claimed.contains(id) && seen.insert(*id)
-                })
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let level = repo.config.compression.level;
-        let encoded: Vec<EncodedBlob> = candidates
-            .into_iter()
-            .map(|i| blob::encode(chunks[i].0, chunks[i].1, level, &repo.codec))
-            .collect();
-
-        // Claim and append under one lock: a claimed blob is always in a pack (open, in
-        // flight or uploaded), so a commit that seals the open pack covers every blob any
-        // finished writer may refer to. A blob another writer stored meanwhile is dropped.
-        let target = repo.config.pack_target_size;
         let mut state = self.state.lock().expect("session lock");
+        state.check_failed()?;
         let index = repo.index.read().expect("index lock");
         let state = &mut *state;
-        state.stats.blobs_in += chunks.len() as u64;
+        state.stats.blobs_in += ids.len() as u64;
         state.stats.bytes_in += pos as u64;
-        for blob in encoded {
-            if index.contains(&blob.id) || !state.claimed.insert(blob.id) {
-                continue;
-            }
-            state.stats.blobs_new += 1;
-            state.stats.bytes_new += u64::from(blob.raw_len);
-            state.open.add(blob);
-            if state.open.len() >= target {
-                self.seal_open_pack(state, handle);
+        let mut chunks = Vec::new();
+        for (id, range) in ids.iter().zip(ranges) {
+            if !index.contains(id) && state.claimed.insert(*id) {
+                state.stats.blobs_new += 1;
+                state.stats.bytes_new += range.len() as u64;
+                chunks.push((*id, range));
             }
         }
         drop(index);
-        Ok((chunks.into_iter().map(|(id, _)| id).collect(), pos))
+        let batch = (!chunks.is_empty()).then(|| {
+            let seq = state.next_encode_seq;
+            state.next_encode_seq += 1;
+            self.encoding.send_modify(|set| {
+                set.insert(seq);
+            });
+            EncodeBatch {
+                session: self.clone(),
+                seq,
+                chunks,
+                done: false,
+            }
+        });
+        Ok((ids, pos, batch))
+    }
+
+    /// Compresses and seals the chunks of `batch` (ranges of `buf`) and appends them to the
+    /// open pack, sealing it whenever it reaches the target size. CPU-bound.
+    fn encode_batch(self: &Arc<Self>, handle: &Handle, buf: &[u8], mut batch: EncodeBatch) {
+        let repo = &self.repo.inner;
+        let level = repo.config.compression.level;
+        let encoded: Vec<EncodedBlob> = batch
+            .chunks
+            .iter()
+            .map(|(id, range)| blob::encode(*id, &buf[range.clone()], level, &repo.codec))
+            .collect();
+        let target = repo.config.pack_target_size;
+        let mut state = self.state.lock().expect("session lock");
+        for blob in encoded {
+            state.open.add(blob);
+            if state.open.len() >= target {
+                self.seal_open_pack(&mut state, handle);
+            }
+        }
+        batch.done = true;
     }
 
     /// Takes the open pack and hands it to a background upload task. Called with the state
@@ -391,6 +446,13 @@ impl Session {
     /// Seals the open pack, waits for every pack sealed so far, and writes an index file for
     /// the uploaded packs not yet indexed. Callers hold `commit_lock`.
     async fn flush(self: &Arc<Self>) -> Result<()> {
+        let encoded_before = self.state.lock().expect("session lock").next_encode_seq;
+        let mut rx = self.encoding.subscribe();
+        let _ = rx
+            .wait_for(|set| set.first().is_none_or(|&first| first >= encoded_before))
+            .await
+            .map(|_| ());
+        self.check_failed()?;
         let sealed_before = {
             let mut state = self.state.lock().expect("session lock");
             if !state.open.is_empty() {
@@ -454,7 +516,8 @@ impl Session {
 
 /// Stores one item's content. Obtain from [`BackupWriter::content_writer`].
 ///
-/// Memory: at most two maximum-size chunks (4 MiB) plus the caller's current slice.
+/// Memory: at most two maximum-size chunks (4 MiB) plus the caller's current slice; buffers
+/// handed to compression count against the session's budget (two per compute thread).
 /// Dropping it without `finish` leaves its chunks in the repository unreferenced.
 pub struct ContentWriter {
     session: Arc<Session>,
@@ -480,6 +543,9 @@ impl ContentWriter {
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;
         let limit = self.session.process_bytes;
+        if self.buf.capacity() == 0 && data.len() > INLINE_BYTES {
+            self.buf = self.session.take_buffer();
+        }
         while !data.is_empty() {
             let n = (limit - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..n]);
@@ -505,24 +571,81 @@ impl ContentWriter {
 
     async fn process(&mut self, at_end: bool) -> Result<()> {
         let buf = std::mem::take(&mut self.buf);
-        let handle = Handle::current();
-        let (mut buf, result) = if buf.len() <= INLINE_BYTES {
-            let result = self.session.ingest(&handle, &buf, at_end);
-            (buf, result)
+        let session = &self.session;
+        if buf.len() <= INLINE_BYTES {
+            let (ids, consumed, batch) = session.cut_and_claim(&buf, at_end)?;
+            if let Some(batch) = batch {
+                session.encode_batch(&Handle::current(), &buf, batch);
+            }
+            self.blobs.extend(ids);
+            let mut buf = buf;
+            buf.drain(..consumed);
+            self.buf = buf;
         } else {
-            let session = self.session.clone();
-            crate::compute::run(move || {
-                let result = session.ingest(&handle, &buf, at_end);
-                (buf, result)
+            // The buffer goes to the compression job: hold its share of the budget until then.
+            let permit = session
+                .encode_budget
+                .clone()
+                .acquire_many_owned(u32::try_from(kib(buf.len())).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| Error::Internal {
+                    detail: "the session's encode budget was closed".into(),
+                })?;
+            let handle = Handle::current();
+            let job_session = session.clone();
+            let (ids, tail) = crate::compute::run(move || {
+                let (ids, consumed, batch) = job_session.cut_and_claim(&buf, at_end)?;
+                let mut tail = Vec::new();
+                if consumed < buf.len() {
+                    tail = job_session.take_buffer();
+                    tail.extend_from_slice(&buf[consumed..]);
+                }
+                match batch {
+                    Some(batch) => {
+                        let session = job_session.clone();
+                        crate::compute::spawn_background(move || {
+                            session.encode_batch(&handle, &buf, batch);
+                            session.recycle_buffer(buf);
+                            drop(permit);
+                        });
+                    }
+                    None => job_session.recycle_buffer(buf),
+                }
+                Ok::<_, Error>((ids, tail))
             })
             .await
-            .inspect_err(|err| self.session.fail(err.to_string()))?
-        };
-        let (ids, consumed) = result?;
-        self.blobs.extend(ids);
-        buf.drain(..consumed);
-        self.buf = buf;
+            .inspect_err(|err| session.fail(err.to_string()))??;
+            self.blobs.extend(ids);
+            self.buf = tail;
+        }
         self.session.wait_in_flight_below(MAX_PACKS_IN_FLIGHT).await;
         Ok(())
     }
+}
+
+/// Chunks claimed by a session and not yet in its open pack. Dropped unfinished (a panic while
+/// compressing), it fails the session, so no commit can refer to chunks that were never
+/// stored; either way it tells waiting commits that it is over.
+struct EncodeBatch {
+    session: Arc<Session>,
+    seq: u64,
+    chunks: Vec<(BlobId, Range<usize>)>,
+    done: bool,
+}
+
+impl Drop for EncodeBatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session
+                .fail("compressing chunks failed; nothing written by this session since the last commit is referenced".into());
+        }
+        self.session.encoding.send_modify(|set| {
+            set.remove(&self.seq);
+        });
+    }
+}
+
+/// `bytes` in KiB, rounded up.
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024)
 }

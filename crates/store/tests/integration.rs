@@ -280,6 +280,87 @@ mod dedup {
         assert_eq!(repo_stats.snapshot_count, 0);
     }
 
+    /// Compression runs in the background after a writer has its chunk ids: a commit made the
+    /// moment the writers finish must still cover every chunk (a fresh handle reads all of it
+    /// back before the session ends, and `check --read-data` is clean), and content written by
+    /// several writers at once is stored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_right_after_concurrent_writers_covers_every_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
+        let shared = random_bytes(3 * MIB, 900);
+        // Compressible and incompressible content, each writer also writing the shared bytes.
+        let contents: Vec<Vec<u8>> = (0..12u64)
+            .map(|i| {
+                let mut data = if i % 2 == 0 {
+                    random_bytes(5 * MIB + i as usize * 1000, 901 + i)
+                } else {
+                    format!("line {i} of a mail body that compresses well\n")
+                        .repeat(120_000)
+                        .into_bytes()
+                };
+                data.extend_from_slice(&shared);
+                data
+            })
+            .collect();
+        let backup = std::sync::Arc::new(repo.begin_backup().await.unwrap());
+        let refs: Vec<ContentRef> = futures::future::join_all(contents.iter().map(|data| {
+            let backup = backup.clone();
+            let data = data.clone();
+            async move {
+                tokio::spawn(async move { store(&backup, &data, &[700_000]).await })
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        let items = refs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| item(&format!("m{i}"), Some(c.clone())))
+            .collect();
+        let snapshot = backup.commit_snapshot(draft("adele", items)).await.unwrap();
+
+        // Before the session finishes (which writes an index for anything left over), another
+        // handle must find every chunk the snapshot refers to.
+        let fresh = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        for (data, content) in contents.iter().zip(&refs) {
+            assert_eq!(&read_all(&fresh, content).await.unwrap(), data);
+        }
+        let items = fresh.load_items(&snapshot).await.unwrap();
+        assert_eq!(items.len(), contents.len());
+
+        let stats = std::sync::Arc::try_unwrap(backup)
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+        // Every byte written went through a writer; the item list adds a few KiB.
+        let written = snapshot_bytes(&contents);
+        assert!(
+            stats.bytes_in > written && stats.bytes_in < written + 64 * 1024,
+            "{stats:?}"
+        );
+        // The shared 3 MiB is cut the same in every content after it (random bytes before it
+        // resynchronise within a chunk or two), so it is stored about once, not twelve times.
+        assert!(
+            stats.bytes_new < written - 8 * shared.len() as u64,
+            "{stats:?}"
+        );
+
+        assert!(fresh
+            .check(CheckOptions::read_data())
+            .await
+            .unwrap()
+            .is_ok());
+    }
+
+    fn snapshot_bytes(contents: &[Vec<u8>]) -> u64 {
+        contents.iter().map(|c| c.len() as u64).sum()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn insertion_in_the_middle_reuses_most_chunks() {
         let dir = tempfile::tempdir().unwrap();
