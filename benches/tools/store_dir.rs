@@ -10,13 +10,15 @@
 //! ```
 //!
 //! Like the Exchange and OneDrive workers, `backup` runs several content writers at once
-//! (`--jobs N`, default 4, as the workers' default concurrency), each streaming one file into a [`m365bk_store::ContentWriter`]; the
-//! store chunks, hashes, compresses and seals on its blocking pool. A file whose size, mtime,
+//! (`--jobs N`, default 4, as the workers' default concurrency), each streaming one file into
+//! a [`m365bk_store::ContentWriter`]; the store chunks, hashes, compresses and seals on its
+//! compute pool. A file whose size, mtime,
 //! ctime and inode equal those recorded in the parent snapshot is not read again (its
 //! [`ContentRef`] is reused), as restic does by default. `restore` writes several files at once,
 //! each fetching a few blobs ahead; files with identical content are fetched once and then
 //! copied. Each command prints one JSON line of statistics.
 
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +29,6 @@ use m365bk_store::{
     ContentRef, Encryption, InitOptions, Item, KdfParams, Repository, SecretString, SnapshotDraft,
 };
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 /// Bytes read from a file per write into its content writer.
 const READ_BYTES: usize = 1024 * 1024;
@@ -185,9 +186,13 @@ async fn backup(repo: &str, dir: &Path, jobs: usize) -> Res<serde_json::Value> {
                 ))
             }
         })
-        .buffered(jobs)
+        // Unordered: with `buffered`, a large file at the head of the queue would hold every
+        // finished slot behind it and leave one writer running.
+        .buffer_unordered(jobs)
         .try_collect()
         .await?;
+    let mut items = items;
+    items.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let items: Vec<Item> = items
         .into_iter()
         .map(|(i, r)| {
@@ -288,18 +293,20 @@ async fn restore(
     let bytes: u64 = futures::stream::iter(groups)
         .map(|(content, paths)| {
             let repo = repo.clone();
-            async move {
+            // Each file on its own task; blobs are written straight from the decoded buffer on
+            // this worker thread (`block_in_place`), without tokio::fs's copy into a buffer of
+            // its own and a blocking-pool hop per write.
+            tokio::spawn(async move {
                 let first = paths[0].clone();
-                let mut file = tokio::fs::File::create(&first).await?;
+                let mut file = std::fs::File::create(&first)?;
                 let mut n = 0u64;
                 if let Some(content) = &content {
                     let mut blobs = std::pin::pin!(repo.read_content(content));
                     while let Some(b) = blobs.try_next().await? {
                         n += b.len() as u64;
-                        file.write_all(&b).await?;
+                        tokio::task::block_in_place(|| file.write_all(&b))?;
                     }
                 }
-                file.flush().await?;
                 drop(file);
                 let copies = paths.len() as u64 - 1;
                 tokio::task::spawn_blocking(move || {
@@ -310,9 +317,10 @@ async fn restore(
                 })
                 .await??;
                 Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n * (1 + copies))
-            }
+            })
         })
         .buffer_unordered(jobs)
+        .map(|joined| joined?)
         .try_fold(0u64, |a, n| async move { Ok(a + n) })
         .await?;
     Ok(json!({ "snapshot": snapshot.id.to_string(), "bytes": bytes }))
