@@ -44,6 +44,9 @@ const SESSION_LIFETIME_MINUTES: i64 = 15;
 #[derive(Debug)]
 pub(crate) struct AttachmentSession {
     pub user_index: usize,
+    /// The app that opened the session: the `uploadUrl` carries no token, but its PUTs count
+    /// against that app's Outlook upload budget for the mailbox.
+    pub app_id: String,
     pub message_id: String,
     pub name: String,
     pub content_type: String,
@@ -121,6 +124,7 @@ pub(crate) fn create_session(call: &Call<'_>, u: &str, m: &str) -> GResult {
         id.clone(),
         AttachmentSession {
             user_index: ui,
+            app_id: call.claims.appid.clone(),
             message_id,
             name,
             content_type: item

@@ -11,9 +11,11 @@
 //! index of the rule (`fault_rule`).
 //!
 //! The throttling model ([`ThrottlingConfig`]) is off unless configured. It follows
-//! <https://learn.microsoft.com/graph/throttling-limits>: Outlook allows 4 concurrent requests
-//! and 10,000 requests per 10 minutes per app and mailbox (429 `ApplicationThrottled`,
-//! "Application is over its MailboxConcurrency limit." / "... RequestRate limit."); OneDrive
+//! <https://learn.microsoft.com/graph/throttling-limits>: Outlook allows 4 concurrent requests,
+//! 10,000 requests per 10 minutes and 150 MB of uploads (POST, PUT, PATCH bodies, attachment
+//! upload-session ranges included) per 5 minutes per app and mailbox (429
+//! `ApplicationThrottled`, "Application is over its MailboxConcurrency limit." / "...
+//! RequestRate limit." / "... UploadSize limit."); OneDrive
 //! and SharePoint meter resource units per app per minute (1 for a single-item request or a
 //! delta with a token, 2 for listings, delta without a token and writes, 5 for permission
 //! requests), send `RateLimit-Limit`/`-Remaining`/`-Reset` from 80 % of the budget on, and
@@ -21,7 +23,7 @@
 //! requests are metered (pre-authenticated download and upload URLs carry no app id). Both
 //! models apply at once when both are configured, each to its own requests. The fault report
 //! (`GET /_sim/admin/faults`) counts what the model admitted and refused (`throttled`: also
-//! `outlook_peak_in_flight`, `onedrive_resource_units`) and, per `app/mailbox`, the most
+//! `outlook_peak_in_flight`, `outlook_upload_bytes`, `onedrive_resource_units`) and, per `app/mailbox`, the most
 //! requests it had in flight at once (`outlook_mailboxes`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -58,6 +60,8 @@ use crate::wire::{Ctx, GraphError};
 /// max_count = 1
 ///
 /// [faults.throttling.outlook]    # Microsoft's limits unless overridden
+/// upload_bytes_per_window = 157286400   # 150 MB per 5 minutes per mailbox
+/// upload_window_secs = 300
 /// [faults.throttling.onedrive]
 /// resource_units_per_minute = 1250
 /// ```
@@ -247,6 +251,23 @@ pub struct OutlookLimits {
     /// `Retry-After` sent with a MailboxConcurrency 429 (default "1").
     #[serde(default = "default_concurrency_retry_after")]
     pub concurrency_retry_after: String,
+    /// Bytes of request bodies uploaded per upload window per app and mailbox (default
+    /// 150 MB, taken as 150 MiB like the simulator's other MB limits): the bodies of `POST`,
+    /// `PUT` and `PATCH` requests to a mailbox (message creation from MIME or JSON,
+    /// attachments, ...) and of the `PUT`s to an attachment upload session's `uploadUrl`
+    /// (counted for the app that opened the session). Microsoft: "150 megabytes (MB) upload
+    /// (PATCH, POST, PUT) in a 5 minute period"
+    /// (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>). A
+    /// request that would go over it gets 429 `ApplicationThrottled` "Application is over its
+    /// UploadSize limit." (the limit's name in the message is the simulator's; Microsoft does
+    /// not document it) with `Retry-After` = the seconds until enough bytes leave the window.
+    /// A single body larger than the whole budget is let through when the window is empty, so
+    /// scaled-down test limits cannot wedge a mailbox.
+    #[serde(default = "default_upload_bytes")]
+    pub upload_bytes_per_window: u64,
+    /// The upload window, in seconds (default 300).
+    #[serde(default = "default_upload_window")]
+    pub upload_window_secs: u64,
 }
 
 impl Default for OutlookLimits {
@@ -256,8 +277,17 @@ impl Default for OutlookLimits {
             requests_per_window: default_requests(),
             window_secs: default_window(),
             concurrency_retry_after: default_concurrency_retry_after(),
+            upload_bytes_per_window: default_upload_bytes(),
+            upload_window_secs: default_upload_window(),
         }
     }
+}
+
+fn default_upload_bytes() -> u64 {
+    150 * 1024 * 1024
+}
+fn default_upload_window() -> u64 {
+    300
 }
 
 fn default_concurrency() -> u32 {
@@ -344,7 +374,12 @@ impl FaultsConfig {
             }
         }
         if let Some(o) = &self.throttling.outlook {
-            if o.concurrent_requests == 0 || o.requests_per_window == 0 || o.window_secs == 0 {
+            if o.concurrent_requests == 0
+                || o.requests_per_window == 0
+                || o.window_secs == 0
+                || o.upload_bytes_per_window == 0
+                || o.upload_window_secs == 0
+            {
                 return Err("throttling.outlook: limits must be at least 1".into());
             }
         }
@@ -373,6 +408,10 @@ struct RuleCounter {
 struct ThrottleCounters {
     outlook_concurrency: u64,
     outlook_rate: u64,
+    /// Outlook requests refused by the upload-bytes budget.
+    outlook_upload: u64,
+    /// Request-body bytes the upload budget admitted (all mailboxes).
+    outlook_upload_bytes: u64,
     onedrive: u64,
     /// Outlook requests admitted by the model (all mailboxes).
     outlook_admitted: u64,
@@ -406,6 +445,8 @@ pub(crate) struct FaultState {
     /// requests throttled.
     outlook_mailboxes: BTreeMap<String, MailboxCounters>,
     outlook_recent: HashMap<String, VecDeque<Instant>>,
+    /// Per `app/mailbox`: (when, bytes) of request bodies in the upload window.
+    outlook_uploads: HashMap<String, VecDeque<(Instant, u64)>>,
     onedrive_recent: HashMap<String, VecDeque<(Instant, u32)>>,
     throttled: ThrottleCounters,
 }
@@ -421,6 +462,7 @@ impl FaultState {
             outlook_in_flight: HashMap::new(),
             outlook_mailboxes: BTreeMap::new(),
             outlook_recent: HashMap::new(),
+            outlook_uploads: HashMap::new(),
             onedrive_recent: HashMap::new(),
             throttled: ThrottleCounters::default(),
         };
@@ -438,6 +480,7 @@ impl FaultState {
         self.throttled = ThrottleCounters::default();
         self.outlook_mailboxes.clear();
         self.outlook_recent.clear();
+        self.outlook_uploads.clear();
         self.onedrive_recent.clear();
         self.config = config;
     }
@@ -510,6 +553,8 @@ struct ReqInfo {
     path_query: String,
     decoded: String,
     has_bearer: bool,
+    /// Length of the request body, when the request has one (`Content-Length`, or counted).
+    body_bytes: u64,
 }
 
 impl ReqInfo {
@@ -637,6 +682,7 @@ pub(crate) async fn middleware(State(sim): State<Arc<Sim>>, req: Request, next: 
             client_request_id: uuid::Uuid::new_v4().to_string(),
             date: chrono::Utc::now(),
         });
+    let (req, body_bytes) = body_length(&sim, req).await;
     let bearer = token::bearer(req.headers()).map(str::to_string);
     let claims = bearer
         .as_deref()
@@ -647,6 +693,7 @@ pub(crate) async fn middleware(State(sim): State<Arc<Sim>>, req: Request, next: 
         path,
         path_query,
         has_bearer: bearer.is_some(),
+        body_bytes,
     };
 
     let (fired, latency) = {
@@ -766,6 +813,33 @@ pub(crate) async fn middleware(State(sim): State<Arc<Sim>>, req: Request, next: 
         Some((rule, f @ Fault::Latency { .. })) => labelled(resp, f.name(), Some(rule)),
         _ => resp,
     }
+}
+
+/// The request and the length of its body: `Content-Length` or the body's exact size; a
+/// body of unknown length (chunked) is read into memory and counted when the Outlook model is
+/// on and the request is a write, since the upload budget needs its size before it runs.
+async fn body_length(sim: &Sim, req: Request) -> (Request, u64) {
+    let known = req.body().size_hint().exact().or_else(|| {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(n) = known {
+        return (req, n);
+    }
+    let write = ["POST", "PUT", "PATCH"]
+        .iter()
+        .any(|m| req.method().as_str().eq_ignore_ascii_case(m));
+    if !write || sim.faults().config.throttling.outlook.is_none() {
+        return (req, 0);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let n = bytes.len() as u64;
+    (Request::from_parts(parts, Body::from(bytes)), n)
 }
 
 fn default_error(status: u16) -> (&'static str, &'static str) {
@@ -1029,13 +1103,120 @@ fn resource_units(info: &ReqInfo) -> Option<u32> {
     Some(1)
 }
 
+/// Whether a request uploads a body that counts against Outlook's upload budget.
+fn is_upload(info: &ReqInfo) -> bool {
+    ["POST", "PUT", "PATCH"]
+        .iter()
+        .any(|m| info.method.eq_ignore_ascii_case(m))
+        && info.body_bytes > 0
+}
+
+/// The app and mailbox (user id) of a `PUT` to an attachment upload session's `uploadUrl`
+/// (`/_attach/{id}`, which carries no token).
+fn attachment_upload_owner(sim: &Sim, info: &ReqInfo) -> Option<(String, String)> {
+    let id = info.path.strip_prefix("/_attach/")?;
+    if !info.method.eq_ignore_ascii_case("PUT") {
+        return None;
+    }
+    let state = sim.state();
+    let session = state.attachment_uploads.get(id)?;
+    let user = state.users.get(session.user_index)?.id.clone();
+    Some((session.app_id.clone(), user))
+}
+
+/// Admits `bytes` into a sliding upload window holding `(when, bytes)`, or says how long until
+/// they fit. A body larger than the whole budget fits an empty window.
+fn admit_upload(
+    recent: &mut VecDeque<(Instant, u64)>,
+    now: Instant,
+    window: Duration,
+    limit: u64,
+    bytes: u64,
+) -> Result<(), Duration> {
+    while recent
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+    {
+        recent.pop_front();
+    }
+    let used: u64 = recent.iter().map(|(_, b)| *b).sum();
+    if used + bytes > limit && !recent.is_empty() {
+        let left_at = |t: &Instant| window.saturating_sub(now.duration_since(*t));
+        let mut freed = 0;
+        for (t, b) in recent.iter() {
+            freed += b;
+            if used - freed + bytes <= limit {
+                return Err(left_at(t));
+            }
+        }
+        return Err(recent.back().map(|(t, _)| left_at(t)).unwrap_or(window));
+    }
+    recent.push_back((now, bytes));
+    Ok(())
+}
+
+/// Whole seconds, rounded up, at least 1: a `Retry-After` value.
+fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Spends a request's body against the upload budget of `key` (`app/mailbox`); the 429 when
+/// it does not fit.
+fn outlook_upload(
+    st: &mut FaultState,
+    ctx: &Ctx,
+    o: &OutlookLimits,
+    key: &str,
+    bytes: u64,
+) -> Option<Throttle> {
+    let recent = st.outlook_uploads.entry(key.to_string()).or_default();
+    let window = Duration::from_secs(o.upload_window_secs);
+    match admit_upload(
+        recent,
+        Instant::now(),
+        window,
+        o.upload_bytes_per_window,
+        bytes,
+    ) {
+        Ok(()) => {
+            st.throttled.outlook_upload_bytes += bytes;
+            None
+        }
+        Err(wait) => {
+            st.throttled.outlook_upload += 1;
+            st.outlook_mailboxes
+                .entry(key.to_string())
+                .or_default()
+                .throttled += 1;
+            Some(Throttle::Reject(
+                outlook_throttled(ctx, "UploadSize", &retry_secs(wait).to_string()),
+                "throttle_outlook_upload",
+            ))
+        }
+    }
+}
+
 fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Throttle {
     let pass = Throttle::Pass {
         guard: None,
         rate_limit_headers: None,
     };
-    let Some(app) = app else { return pass };
     let limits = sim.faults().config.throttling.clone();
+    // Attachment upload-session PUTs carry no token: they count against the upload budget
+    // of the app that opened the session, and nothing else.
+    if let Some(o) = &limits.outlook {
+        if app.is_none() && is_upload(info) {
+            if let Some((app, mailbox)) = attachment_upload_owner(sim, info) {
+                let key = format!("{app}/{mailbox}");
+                let mut st = sim.faults();
+                if let Some(reject) = outlook_upload(&mut st, ctx, o, &key, info.body_bytes) {
+                    return reject;
+                }
+                return pass;
+            }
+        }
+    }
+    let Some(app) = app else { return pass };
     // A request is Outlook's (a mailbox) or OneDrive's (resource units), never both: each
     // model applies to its own requests, both at once when both are configured.
     let mailbox = limits
@@ -1077,13 +1258,20 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
                 .or_default()
                 .throttled += 1;
             drop(st);
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Throttle::Reject(
-                outlook_throttled(ctx, "RequestRate", &secs.max(1).to_string()),
+                outlook_throttled(ctx, "RequestRate", &retry_secs(wait).to_string()),
                 "throttle_outlook_rate",
             );
         }
-        recent.push_back(now);
+        if is_upload(info) {
+            if let Some(reject) = outlook_upload(&mut st, ctx, o, &key, info.body_bytes) {
+                return reject;
+            }
+        }
+        st.outlook_recent
+            .entry(key.clone())
+            .or_default()
+            .push_back(now);
         let in_flight = st.outlook_in_flight.entry(key.clone()).or_insert(0);
         *in_flight += 1;
         let in_flight = *in_flight;
@@ -1196,6 +1384,7 @@ mod tests {
             path_query: pq.into(),
             decoded: crate::wire::percent_decode(pq),
             has_bearer: true,
+            body_bytes: 0,
         }
     }
 
@@ -1313,6 +1502,41 @@ mod tests {
     }
 
     #[test]
+    fn upload_window_admits_until_full_then_says_when_enough_bytes_leave() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut w = VecDeque::new();
+        assert_eq!(admit_upload(&mut w, t0, window, 100, 60), Ok(()));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(admit_upload(&mut w, t1, window, 100, 30), Ok(()));
+        // 60 + 30 + 20 > 100: once the 60 leave (at t0 + 10 s) the 20 fit.
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            admit_upload(&mut w, t2, window, 100, 20),
+            Err(Duration::from_secs(8))
+        );
+        assert_eq!(
+            admit_upload(&mut w, t2, window, 100, 10),
+            Ok(()),
+            "exactly full"
+        );
+        // After the window the bytes are gone.
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(admit_upload(&mut w, later, window, 100, 55), Ok(()));
+        // A body over the whole budget waits for an empty window, then goes through.
+        let mut w = VecDeque::new();
+        assert_eq!(admit_upload(&mut w, t0, window, 100, 1), Ok(()));
+        assert_eq!(
+            admit_upload(&mut w, t1, window, 100, 150),
+            Err(Duration::from_secs(9))
+        );
+        let t10 = t0 + Duration::from_secs(10);
+        assert_eq!(admit_upload(&mut w, t10, window, 100, 150), Ok(()));
+        assert_eq!(retry_secs(Duration::from_millis(8001)), 9);
+        assert_eq!(retry_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
     fn config_is_strict_and_validated() {
         let ok: FaultsConfig = toml::from_str(
             r#"
@@ -1335,6 +1559,18 @@ resource_units_per_minute = 10
         assert_eq!(ok.rules[0].route, Some(RouteKind::Value));
         assert_eq!(ok.rules[1].fault, Fault::DownloadUrlExpired { status: 401 });
         assert_eq!(ok.throttling.outlook, Some(OutlookLimits::default()));
+        let o = OutlookLimits::default();
+        assert_eq!(
+            (o.upload_bytes_per_window, o.upload_window_secs),
+            (150 * 1024 * 1024, 300),
+            "Microsoft: 150 MB per 5 minutes"
+        );
+        let bad =
+            toml::from_str::<FaultsConfig>("[throttling.outlook]\nupload_bytes_per_window = 0\n")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+        assert!(bad.contains("throttling.outlook"), "{bad}");
         let bad = toml::from_str::<FaultsConfig>(
             "[[rules]]\nfault = { kind = \"reset\", after_bytes = 1, extra = 2 }\n",
         )

@@ -67,7 +67,8 @@
 //!   truncated body, an expired access token, a lost delta sync state (410 with `Location`),
 //!   an expired download URL, latency; when: the Nth match, every Nth, a seeded probability,
 //!   at most `max_count`), per-request `latency_ms`, and the throttling model
-//!   ([`ThrottlingConfig`]: Outlook's 4 concurrent / 10,000 per 10 minutes per mailbox,
+//!   ([`ThrottlingConfig`]: Outlook's 4 concurrent / 10,000 per 10 minutes / 150 MB uploaded
+//!   per 5 minutes per mailbox,
 //!   OneDrive's resource units per minute with `RateLimit-*` headers), all off by default.
 //! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
 //!   `seq, at_ms, method, path, status, app_id, authorization_header, bytes_out, fault`, plus

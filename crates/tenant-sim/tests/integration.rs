@@ -29,3 +29,6 @@ mod attachments;
 
 #[path = "integration/credentials.rs"]
 mod credentials;
+
+#[path = "integration/limits.rs"]
+mod limits;
