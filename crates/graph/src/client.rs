@@ -374,13 +374,16 @@ impl GraphClient {
 
     /// The throttling workload of an authenticated Graph request (none for pre-authenticated
     /// download and upload URLs, which Microsoft does not meter per app, nor for URLs outside
-    /// the Graph base).
+    /// the Graph base), with its body counted as an Outlook upload when it writes to a
+    /// mailbox.
     pub(crate) fn workload(&self, req: &Req) -> Option<Workload> {
         if !req.auth || req.url.origin() != self.base.origin() {
             return None;
         }
         let path = req.url.path().strip_prefix(self.base.path())?;
+        let body_bytes = req.body.as_ref().map_or(0, |b| b.len() as u64);
         Workload::classify(req.method.as_str(), path, req.url.query())
+            .map(|w| w.with_upload(req.method.as_str(), body_bytes))
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -653,5 +656,44 @@ impl GraphClient {
         req.timeout = Some(self.request_timeout());
         let resp = self.send_buffered(&req).await?;
         Self::decode(&req.shown, &resp.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_writes_are_admitted_with_their_body_as_upload_bytes() {
+        let http = HttpClient::new(crate::HttpOptions::default()).unwrap();
+        let endpoints = crate::Endpoints {
+            authority: Url::parse("http://127.0.0.1:9").unwrap(),
+            graph_base: Url::parse("http://127.0.0.1:9/v1.0").unwrap(),
+        };
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            endpoints.clone(),
+            crate::ClientSecretCredential {
+                tenant_id: "t".into(),
+                client_id: "c".into(),
+                secret: "s".into(),
+            },
+        ));
+        let g = GraphClient::new(http, tokens, endpoints.graph_base);
+        let mut req = Req::new(
+            Method::POST,
+            g.resolve("/users/u1/mailFolders/inbox/messages").unwrap(),
+        );
+        req.body = Some(Bytes::from_static(b"12345"));
+        assert_eq!(
+            g.workload(&req),
+            Some(Workload::Outlook {
+                mailbox: "u1".into(),
+                upload_bytes: 5
+            })
+        );
+        // A pre-authenticated URL is not metered per app.
+        req.auth = false;
+        assert_eq!(g.workload(&req), None);
     }
 }

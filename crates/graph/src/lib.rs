@@ -4,8 +4,9 @@
 //! # Main types
 //! - [`HttpClient`]: the one reqwest client of the process (rustls, `User-Agent`
 //!   `ISV|m365bk|m365bk/<version>`, timeouts, [`RetryPolicy`]), with admission control for
-//!   Microsoft's per-workload limits ([`ThrottleOptions`]: 4 requests in flight and 10,000 per
-//!   10 minutes per Outlook mailbox, SharePoint resource units per minute and day, 4 requests
+//!   Microsoft's per-workload limits ([`ThrottleOptions`]: 4 requests in flight, 10,000 per
+//!   10 minutes and [`OUTLOOK_UPLOAD_BYTES_PER_WINDOW`] uploaded per 5 minutes per Outlook
+//!   mailbox, SharePoint resource units per minute and day, 4 requests
 //!   per second per team; a 429 fences only its [`Workload`]).
 //! - [`TokenProvider`]: client-credentials tokens per [`Audience`] (Graph, Exchange Online,
 //!   SharePoint) with a client secret or a certificate ([`CertificateCredential`]: a PS256 or
@@ -85,7 +86,10 @@ pub use directory::{Directory, RestDirectory, SdkDirectory};
 pub use download::Download;
 pub use error::{Error, Result};
 pub use http::{HttpClient, HttpOptions, USER_AGENT};
-pub use limiter::{ThrottleOptions, ThrottleStats, Workload};
+pub use limiter::{
+    ThrottleOptions, ThrottleStats, Workload, OUTLOOK_UPLOAD_BYTES_PER_WINDOW,
+    OUTLOOK_UPLOAD_WINDOW,
+};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use token::{
     AccessToken, Audience, ClientCredential, ClientSecretCredential, Endpoints, TokenClaims,

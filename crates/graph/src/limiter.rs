@@ -5,7 +5,8 @@
 //!
 //! Limits implemented (defaults are Microsoft's published values):
 //! - Outlook (mail, contacts, calendar, mailbox settings), per app and mailbox: 4 requests in
-//!   flight at once and 10,000 requests per 10 minutes
+//!   flight at once, 10,000 requests per 10 minutes, and 150 MB uploaded (request bodies of
+//!   POST, PUT and PATCH, attachment upload-session ranges included) per 5 minutes
 //!   (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>).
 //! - OneDrive and SharePoint, per app per tenant: resource units (RU) per minute and per
 //!   24 hours, by licence count (0–1,000 licences: 1,250 per minute, 1,200,000 per day);
@@ -82,6 +83,18 @@ impl ThrottleOptions {
     }
 }
 
+/// Bytes a mailbox may receive in uploads per [`OUTLOOK_UPLOAD_WINDOW`]: Microsoft's "150
+/// megabytes (MB) upload (PATCH, POST, PUT) in a 5 minute period", read as decimal megabytes
+/// so that the client stays under the service whichever unit it counts in
+/// (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>).
+///
+/// Not a [`ThrottleOptions`] field (yet): it applies whenever the Outlook request-rate limit
+/// does (`outlook_requests_per_window > 0`) and is off with it.
+pub const OUTLOOK_UPLOAD_BYTES_PER_WINDOW: u64 = 150 * 1000 * 1000;
+
+/// The window of [`OUTLOOK_UPLOAD_BYTES_PER_WINDOW`]: 5 minutes.
+pub const OUTLOOK_UPLOAD_WINDOW: Duration = Duration::from_secs(5 * 60);
+
 /// The throttling scope a Graph request falls in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Workload {
@@ -89,6 +102,9 @@ pub enum Workload {
     Outlook {
         /// The mailbox key.
         mailbox: String,
+        /// Bytes of the request body this request uploads to the mailbox (0 for reads):
+        /// counted against [`OUTLOOK_UPLOAD_BYTES_PER_WINDOW`].
+        upload_bytes: u64,
     },
     /// The tenant's OneDrive/SharePoint budget, with the request's cost in resource units.
     SharePoint {
@@ -135,7 +151,8 @@ const COLLECTION_SEGMENTS: &[&str] = &[
 impl Workload {
     /// Classifies a request by its method, its path below the Graph service root
     /// (`/users/a@b/messages/x/$value`, percent-encoded as sent) and its query (`None` without
-    /// one). `None` for requests no workload limit applies to (directory reads, `$batch`).
+    /// one). `None` for requests no workload limit applies to (directory reads, `$batch`). An
+    /// Outlook workload's `upload_bytes` is 0: see [`Workload::with_upload`].
     pub fn classify(method: &str, path: &str, query: Option<&str>) -> Option<Workload> {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let lower = |s: &str| percent_decode(s).to_ascii_lowercase();
@@ -156,7 +173,10 @@ impl Workload {
                     } else {
                         id
                     };
-                    return Some(Workload::Outlook { mailbox });
+                    return Some(Workload::Outlook {
+                        mailbox,
+                        upload_bytes: 0,
+                    });
                 }
                 if matches!(what.as_str(), "drive" | "drives" | "sites") {
                     return Some(sharepoint(method, &segs, query));
@@ -168,6 +188,24 @@ impl Workload {
                 team: lower(segs.get(1)?),
             }),
             _ => None,
+        }
+    }
+}
+
+impl Workload {
+    /// This workload, uploading a body of `bytes` when `method` is `POST`, `PUT` or `PATCH`
+    /// and the workload is an Outlook mailbox (the body counts against the mailbox's upload
+    /// budget); otherwise unchanged.
+    pub fn with_upload(self, method: &str, bytes: u64) -> Workload {
+        let write = ["POST", "PUT", "PATCH"]
+            .iter()
+            .any(|m| method.eq_ignore_ascii_case(m));
+        match self {
+            Workload::Outlook { mailbox, .. } if write => Workload::Outlook {
+                mailbox,
+                upload_bytes: bytes,
+            },
+            other => other,
         }
     }
 }
@@ -361,6 +399,8 @@ impl Gate {
 struct Mailbox {
     slots: Option<Arc<Semaphore>>,
     gate: Mutex<Gate>,
+    /// Upload bytes (no fence of its own: a 429 fences `gate`).
+    uploads: Mutex<Gate>,
 }
 
 /// Counters of the admission layer, for logs and benchmarks.
@@ -379,6 +419,9 @@ pub struct ThrottleStats {
 /// The admission layer: one per [`crate::HttpClient`], shared by every request of the process.
 pub(crate) struct Limiter {
     opts: ThrottleOptions,
+    /// Upload bytes per mailbox per window; 0 is off.
+    outlook_upload_bytes: u64,
+    outlook_upload_window: Duration,
     mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
     sharepoint: Mutex<Gate>,
     teams: Mutex<HashMap<String, Gate>>,
@@ -416,6 +459,20 @@ const MARGIN: Duration = Duration::from_millis(500);
 
 impl Limiter {
     pub(crate) fn new(opts: ThrottleOptions) -> Self {
+        let upload_bytes = if opts.outlook_requests_per_window > 0 {
+            OUTLOOK_UPLOAD_BYTES_PER_WINDOW
+        } else {
+            0
+        };
+        Self::with_outlook_uploads(opts, upload_bytes, OUTLOOK_UPLOAD_WINDOW)
+    }
+
+    /// [`Limiter::new`] with another Outlook upload budget (0 is off): scaled down in tests.
+    pub(crate) fn with_outlook_uploads(
+        opts: ThrottleOptions,
+        upload_bytes: u64,
+        upload_window: Duration,
+    ) -> Self {
         let sharepoint = Gate::new(vec![
             (
                 Window::new(Duration::from_secs(60), 60, MARGIN),
@@ -428,6 +485,8 @@ impl Limiter {
         ]);
         Limiter {
             opts,
+            outlook_upload_bytes: upload_bytes,
+            outlook_upload_window: upload_window,
             mailboxes: Mutex::new(HashMap::new()),
             sharepoint: Mutex::new(sharepoint),
             teams: Mutex::new(HashMap::new()),
@@ -473,6 +532,10 @@ impl Limiter {
                 Window::new(self.opts.outlook_window, 60, MARGIN),
                 u64::from(self.opts.outlook_requests_per_window),
             )])),
+            uploads: Mutex::new(Gate::new(vec![(
+                Window::new(self.outlook_upload_window, 60, MARGIN),
+                self.outlook_upload_bytes,
+            )])),
         });
         map.insert(key.to_string(), m.clone());
         m
@@ -483,8 +546,15 @@ impl Limiter {
         let started = Instant::now();
         let mut delayed = false;
         let slot = match workload {
-            Workload::Outlook { mailbox } => {
+            Workload::Outlook {
+                mailbox,
+                upload_bytes,
+            } => {
                 let m = self.mailbox(mailbox);
+                // The byte budget first, so a mailbox slot is not held while it is waited for.
+                if *upload_bytes > 0 {
+                    delayed |= wait_gate(&m.uploads, *upload_bytes).await;
+                }
                 let slot = match &m.slots {
                     Some(s) => {
                         let permit = match s.clone().try_acquire_owned() {
@@ -550,11 +620,18 @@ impl Limiter {
         let started = Instant::now();
         let mut delayed = false;
         let mut mailboxes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut uploads: BTreeMap<&str, u64> = BTreeMap::new();
         let mut teams: BTreeMap<&str, u64> = BTreeMap::new();
         let mut resource_units = 0u64;
         for w in workloads {
             match w {
-                Workload::Outlook { mailbox } => *mailboxes.entry(mailbox).or_default() += 1,
+                Workload::Outlook {
+                    mailbox,
+                    upload_bytes,
+                } => {
+                    *mailboxes.entry(mailbox).or_default() += 1;
+                    *uploads.entry(mailbox).or_default() += upload_bytes;
+                }
                 Workload::Teams { team } => *teams.entry(team).or_default() += 1,
                 Workload::SharePoint { resource_units: ru } => resource_units += u64::from(*ru),
             }
@@ -562,6 +639,10 @@ impl Limiter {
         let mut slots = Vec::new();
         for (mailbox, n) in &mailboxes {
             let m = self.mailbox(mailbox);
+            let bytes = uploads.get(mailbox).copied().unwrap_or(0);
+            if bytes > 0 {
+                delayed |= wait_gate(&m.uploads, bytes).await;
+            }
             if let Some(s) = &m.slots {
                 let want = (*n as u32)
                     .min(BATCH_PARALLELISM)
@@ -614,7 +695,7 @@ impl Limiter {
 
     fn with_gate<T>(&self, workload: &Workload, f: impl FnOnce(&mut Gate) -> T) -> T {
         match workload {
-            Workload::Outlook { mailbox } => f(&mut lock(&self.mailbox(mailbox).gate)),
+            Workload::Outlook { mailbox, .. } => f(&mut lock(&self.mailbox(mailbox).gate)),
             Workload::SharePoint { .. } => f(&mut lock(&self.sharepoint)),
             Workload::Teams { team } => {
                 let limit = u64::from(self.opts.teams_requests_per_second);
@@ -722,7 +803,79 @@ mod tests {
     use super::*;
 
     fn outlook(m: &str) -> Workload {
-        Workload::Outlook { mailbox: m.into() }
+        Workload::Outlook {
+            mailbox: m.into(),
+            upload_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn only_outlook_writes_carry_upload_bytes() {
+        let c = |m: &str, p: &str| Workload::classify(m, p, None).unwrap().with_upload(m, 7);
+        assert_eq!(
+            c("POST", "/users/u1/mailFolders/inbox/messages"),
+            Workload::Outlook {
+                mailbox: "u1".into(),
+                upload_bytes: 7
+            }
+        );
+        assert_eq!(
+            c("PATCH", "/users/u1/messages/AAMk"),
+            Workload::Outlook {
+                mailbox: "u1".into(),
+                upload_bytes: 7
+            }
+        );
+        assert_eq!(c("GET", "/users/u1/messages"), outlook("u1"));
+        assert_eq!(
+            c("PUT", "/drives/b!1/items/01AB/content"),
+            Workload::SharePoint { resource_units: 2 }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outlook_upload_bytes_per_mailbox_window() {
+        let l = Limiter::with_outlook_uploads(
+            ThrottleOptions::default(),
+            10_000,
+            Duration::from_secs(10),
+        );
+        let up = |m: &str, n: u64| outlook(m).with_upload("POST", n);
+        let t0 = Instant::now();
+        drop(l.admit(&up("a", 6_000)).await);
+        drop(l.admit(&up("a", 4_000)).await);
+        assert_eq!(Instant::now(), t0, "10,000 bytes fit the window");
+        // Reads and other mailboxes are not held up by a's spent upload budget.
+        drop(l.admit(&outlook("a")).await);
+        drop(l.admit(&up("b", 10_000)).await);
+        assert_eq!(Instant::now(), t0);
+        // One byte more waits until the first bytes leave the window (plus the margin).
+        drop(l.admit(&up("a", 1)).await);
+        let waited = Instant::now() - t0;
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(11),
+            "{waited:?}"
+        );
+        // A batch's bytes for a mailbox are summed.
+        let t1 = Instant::now();
+        let batch = vec![up("c", 6_000), up("c", 6_000)];
+        drop(l.admit_all(&batch).await);
+        assert_eq!(
+            Instant::now(),
+            t1,
+            "a batch over the budget goes into an empty window"
+        );
+        drop(l.admit(&up("c", 1)).await);
+        assert!(Instant::now() - t1 >= Duration::from_secs(10));
+        // Microsoft's budget by default, off with the Outlook request-rate limit.
+        assert_eq!(
+            Limiter::new(ThrottleOptions::default()).outlook_upload_bytes,
+            150_000_000
+        );
+        assert_eq!(
+            Limiter::new(ThrottleOptions::unlimited()).outlook_upload_bytes,
+            0
+        );
     }
 
     #[test]

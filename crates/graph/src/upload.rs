@@ -237,6 +237,14 @@ impl GraphClient {
                 detail: "upload sessions cannot create empty files; PUT the content instead".into(),
             });
         }
+        // An attachment session's ranges go to a pre-authenticated URL, but Outlook counts
+        // them against the mailbox's upload budget: admit them under the mailbox's workload.
+        let mailbox = match kind {
+            SessionKind::OutlookAttachment => {
+                self.workload(&Req::new(Method::POST, self.resolve(create_session_path)?))
+            }
+            SessionKind::Drive => None,
+        };
         let session: Value = self.post_json(create_session_path, body).await?;
         let session_shown = display_url(&self.resolve(create_session_path)?);
         let upload_url = session
@@ -276,7 +284,15 @@ impl GraphClient {
             loop {
                 let part = fragment.slice((send_from - start) as usize..);
                 match self
-                    .put_fragment(kind, &upload_url, &shown, part, send_from, total_size)
+                    .put_fragment(
+                        kind,
+                        mailbox.as_ref(),
+                        &upload_url,
+                        &shown,
+                        part,
+                        send_from,
+                        total_size,
+                    )
                     .await?
                 {
                     PutOutcome::Done(item) => {
@@ -358,16 +374,29 @@ impl GraphClient {
         Ok(next)
     }
 
-    /// One PUT of `part` at `from`, sent once (resume handles failures).
+    /// One PUT of `part` at `from`, sent once (resume handles failures); admitted under
+    /// `mailbox` with `part` as its upload bytes when the session is an Outlook attachment's.
+    #[allow(clippy::too_many_arguments)]
     async fn put_fragment(
         &self,
         kind: SessionKind,
+        mailbox: Option<&crate::limiter::Workload>,
         upload_url: &Url,
         shown: &str,
         part: Bytes,
         from: u64,
         total: u64,
     ) -> Result<PutOutcome> {
+        let _admission = match mailbox {
+            Some(w) => Some(
+                self.shared
+                    .http
+                    .limiter()
+                    .admit(&w.clone().with_upload("PUT", part.len() as u64))
+                    .await,
+            ),
+            None => None,
+        };
         let last = from + part.len() as u64 - 1;
         let range = format!("bytes {from}-{last}/{total}");
         let options = self.shared.http.options();
