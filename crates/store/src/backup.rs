@@ -10,10 +10,15 @@
 //! [`BackupWriter::commit_snapshot`] waits for the claimed chunks to reach the open pack, seals
 //! it, waits for every pack sealed so far, writes one index file for the uploaded packs, then
 //! the snapshot.
+//!
+//! Between commits, index checkpoints ([`IndexCheckpoint`]) write an index file for the packs
+//! uploaded so far (not the open pack), so the content a killed backup stored before its last
+//! checkpoint is in the repository's index for the next session to reuse.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use object_store::PutPayload;
@@ -25,7 +30,7 @@ use crate::blob::{self, EncodedBlob};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IdSet};
 use crate::index::{self, IndexPack};
-use crate::lock::RepoLock;
+use crate::lock::{LockCheck, RepoLock};
 use crate::pack::{pack_path, PackBuilder};
 use crate::repository::Repository;
 use crate::snapshot::{self, ContentRef, Item, Snapshot, SnapshotDraft};
@@ -46,6 +51,44 @@ const ENCODE_BUFFERS_PER_THREAD: usize = 1;
 const SPARE_BUFFERS_PER_THREAD: usize = 4;
 /// Item list bytes buffered before they are written as content.
 const TREE_WRITE_BYTES: usize = 1024 * 1024;
+
+/// When a backup session writes an index file for its uploaded packs before its next commit.
+///
+/// A checkpoint is due when a pack upload completes and either `packs` uploaded packs are not
+/// yet in an index file, or `interval` has passed since the session's last index file (or its
+/// start). It covers the uploaded packs only: the open pack is not sealed for it. Checkpoints
+/// are serialized with commits, check the backup lock as commits do, and a failed one is only
+/// logged (the next checkpoint or commit indexes the same packs).
+///
+/// Each checkpoint is one more (small) index file: with the defaults, at most one per 8 packs
+/// (128 MiB at the default pack size) or per minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexCheckpoint {
+    /// Uploaded packs not yet in an index file that make a checkpoint due. 0 turns
+    /// checkpoints off (with `interval`, too).
+    pub packs: usize,
+    /// Time since the session's last index file after which one uploaded pack makes a
+    /// checkpoint due. `Duration::ZERO`: after every pack upload.
+    pub interval: Duration,
+}
+
+impl IndexCheckpoint {
+    /// No index files between commits.
+    pub const OFF: IndexCheckpoint = IndexCheckpoint {
+        packs: 0,
+        interval: Duration::MAX,
+    };
+}
+
+impl Default for IndexCheckpoint {
+    /// Every 8 packs or 60 seconds.
+    fn default() -> Self {
+        IndexCheckpoint {
+            packs: 8,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Counters for one backup session. All sizes in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,9 +143,10 @@ pub(crate) struct Session {
     commit_lock: tokio::sync::Mutex<()>,
     /// Buffer size at which a content writer chunks what it holds.
     process_bytes: usize,
+    /// The backup lock, checked before each index checkpoint.
+    lock_check: Option<LockCheck>,
 }
 
-#[derive(Default)]
 struct SessionState {
     /// Blobs stored by this session and not yet in a written index file.
     claimed: IdSet<BlobId>,
@@ -113,9 +157,43 @@ struct SessionState {
     unindexed: Vec<IndexPack>,
     failed: Option<String>,
     stats: WriteStats,
+    checkpoint: IndexCheckpoint,
+    /// When the session last wrote an index file (or started).
+    last_index: Instant,
+    /// A checkpoint is due or running: no second one is started meanwhile.
+    checkpoint_pending: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            claimed: IdSet::default(),
+            open: PackBuilder::default(),
+            next_seq: 0,
+            next_encode_seq: 0,
+            unindexed: Vec::new(),
+            failed: None,
+            stats: WriteStats::default(),
+            checkpoint: IndexCheckpoint::default(),
+            last_index: Instant::now(),
+            checkpoint_pending: false,
+        }
+    }
 }
 
 impl SessionState {
+    /// True (and marks it pending) when an index checkpoint is due after an upload.
+    fn take_due_checkpoint(&mut self) -> bool {
+        let policy = self.checkpoint;
+        let due = !self.checkpoint_pending
+            && self.failed.is_none()
+            && !self.unindexed.is_empty()
+            && ((policy.packs > 0 && self.unindexed.len() >= policy.packs)
+                || self.last_index.elapsed() >= policy.interval);
+        self.checkpoint_pending |= due;
+        due
+    }
+
     fn check_failed(&self) -> Result<()> {
         match &self.failed {
             Some(detail) => Err(Error::SessionFailed {
@@ -140,8 +218,8 @@ impl BackupWriter {
         let process_bytes = 2 * repo.inner.chunker.max_size();
         let encode_kib = ENCODE_BUFFERS_PER_THREAD * crate::compute::threads() * kib(process_bytes);
         BackupWriter {
-            lock: Some(lock),
             session: Arc::new(Session {
+                lock_check: Some(lock.check()),
                 repo,
                 state: Mutex::new(SessionState::default()),
                 in_flight: watch::Sender::new(BTreeSet::new()),
@@ -152,7 +230,14 @@ impl BackupWriter {
                 commit_lock: tokio::sync::Mutex::new(()),
                 process_bytes,
             }),
+            lock: Some(lock),
         }
+    }
+
+    /// Sets when this session writes index files between commits (default:
+    /// [`IndexCheckpoint::default`]); applies from the next pack upload on.
+    pub fn set_index_checkpoint(&self, checkpoint: IndexCheckpoint) {
+        self.session.state.lock().expect("session lock").checkpoint = checkpoint;
     }
 
     /// Fails if the backup lock may have gone stale: a prune could then delete blobs this
@@ -394,7 +479,7 @@ impl Session {
     }
 
     async fn upload_pack(self: Arc<Self>, seq: u64, builder: PackBuilder) {
-        let _slot = self.upload_slots.clone().acquire_owned().await;
+        let slot = self.upload_slots.clone().acquire_owned().await;
         let codec = self.repo.inner.codec.clone();
         let sealed = match crate::compute::run(move || builder.seal(&codec)).await {
             Ok(sealed) => sealed,
@@ -409,7 +494,8 @@ impl Session {
         let path = pack_path(&sealed.id);
         let payload = PutPayload::from_iter(sealed.parts);
         let result = self.repo.inner.put_new(&path, payload).await;
-        {
+        drop(slot);
+        let checkpoint = {
             let mut state = self.state.lock().expect("session lock");
             match result {
                 Ok(()) => {
@@ -430,10 +516,37 @@ impl Session {
                     state.failed.get_or_insert(e.to_string());
                 }
             }
-        }
+            state.take_due_checkpoint()
+        };
         self.in_flight.send_modify(|set| {
             set.remove(&seq);
         });
+        if checkpoint {
+            self.checkpoint().await;
+        }
+    }
+
+    /// Writes an index file for the uploaded packs not yet indexed, without sealing the open
+    /// pack (see [`IndexCheckpoint`]). Waits for a commit in progress, which may have indexed
+    /// them already.
+    async fn checkpoint(self: &Arc<Self>) {
+        let serial = self.commit_lock.lock().await;
+        let margin = |l: &LockCheck| l.ttl() / 2;
+        let result = match (&self.lock_check, self.check_failed()) {
+            (_, Err(e)) => Err(e),
+            (Some(lock), Ok(())) => match lock.ensure_valid(margin(lock)) {
+                Ok(()) => self.write_index().await,
+                Err(e) => Err(e),
+            },
+            (None, Ok(())) => self.write_index().await,
+        };
+        drop(serial);
+        self.state.lock().expect("session lock").checkpoint_pending = false;
+        match result {
+            Ok(()) => {}
+            // The session's next commit reports the failure.
+            Err(e) => tracing::warn!(error = %e, "index checkpoint not written"),
+        }
     }
 
     /// Waits until at most `limit` packs are in flight.
@@ -466,7 +579,12 @@ impl Session {
             .await
             .map(|_| ());
         self.check_failed()?;
+        self.write_index().await
+    }
 
+    /// Writes an index file for the uploaded packs not yet in one (if any), and adds them to
+    /// the repository's index. Callers hold `commit_lock`.
+    async fn write_index(self: &Arc<Self>) -> Result<()> {
         let packs = std::mem::take(&mut self.state.lock().expect("session lock").unindexed);
         if packs.is_empty() {
             return Ok(());
@@ -502,6 +620,7 @@ impl Session {
                         }
                     }
                     index.mark_file(id);
+                    state.last_index = Instant::now();
                     tracing::debug!(index = %id, packs = packs.len(), "index written");
                 }
                 Err(e) => {

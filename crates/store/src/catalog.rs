@@ -2,9 +2,10 @@
 //! the history of job runs.
 //!
 //! One file, WAL mode, schema version in `PRAGMA user_version`. Everything except `job_runs`
-//! can be rebuilt from the repository with [`Catalog::rebuild`].
+//! and the journals of backups in progress (`delta_pages`, `stored_items`) can be rebuilt from
+//! the repository with [`Catalog::rebuild`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +89,132 @@ CREATE TABLE IF NOT EXISTS delta_pages (
     PRIMARY KEY (scope, collection, seq)
 );
 ";
+
+/// Item content stored by backups in progress (added like `delta_pages`): a killed backup,
+/// resumed, reuses the content its items' rows name instead of downloading it again, when the
+/// item is unchanged and the repository's index holds every blob.
+const STORED_ITEMS: &str = "
+CREATE TABLE IF NOT EXISTS stored_items (
+    scope       TEXT NOT NULL,        -- service/resource, as in delta_pages
+    collection  TEXT NOT NULL,        -- the delta collection the item was reported in
+    item_id     TEXT NOT NULL,        -- source (Graph) id
+    kind        TEXT NOT NULL,        -- item kind, e.g. message, file
+    version     TEXT NOT NULL,        -- what the worker compares: changeKey, cTag
+    content     TEXT NOT NULL,        -- JSON: the ContentRef
+    updated     TEXT NOT NULL,
+    PRIMARY KEY (scope, collection, item_id)
+);
+";
+
+/// One item whose content a backup in progress stored ([`ItemJournal`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredItem {
+    /// Source (Graph) id.
+    pub item_id: String,
+    /// Item kind, e.g. `"message"`, `"file"`.
+    pub kind: String,
+    /// The version the content belongs to, as the worker compares it with its parent
+    /// snapshot: a message's `changeKey`, a driveItem's `cTag`.
+    pub version: String,
+    /// The stored content.
+    pub content: ContentRef,
+}
+
+/// One resource's journal of item content stored by the backup in progress, in the catalog's
+/// `stored_items` table: the workers record each item as its content is stored and, when a
+/// killed backup is resumed, reuse the content of unchanged items whose blobs the repository
+/// holds ([`crate::BackupWriter::contains`]) instead of downloading them again.
+///
+/// Entries are grouped by delta collection (the names the delta journal uses, e.g.
+/// `drive:{drive id}` or a folder's delta path). The owner discards the resource's entries
+/// once its snapshot is committed, and a collection's entries when its delta walk starts
+/// afresh. An entry that outlives its use is harmless: it is only reused for the same item
+/// version, and only if every blob is still in the repository.
+#[derive(Clone)]
+pub struct ItemJournal {
+    catalog: Catalog,
+    scope: String,
+}
+
+impl std::fmt::Debug for ItemJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemJournal")
+            .field("catalog", &self.catalog.inner.path)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl ItemJournal {
+    /// The journal of `scope` (`service/resource id`, as the delta journal's) in `catalog`.
+    pub fn new(catalog: Catalog, scope: impl Into<String>) -> Self {
+        ItemJournal {
+            catalog,
+            scope: scope.into(),
+        }
+    }
+
+    /// The entries of `collection`, by item id.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures or an entry whose content is not a `ContentRef`.
+    pub fn load(&self, collection: &str) -> Result<HashMap<String, StoredItem>> {
+        let conn = self.catalog.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT item_id, kind, version, content FROM stored_items \
+                 WHERE scope = ?1 AND collection = ?2",
+            )
+            .map_err(self.catalog.sql_err())?;
+        let rows = stmt
+            .query_map(params![self.scope, collection], |r| {
+                Ok(StoredItem {
+                    item_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    version: r.get(2)?,
+                    content: json_col(r, 3)?,
+                })
+            })
+            .map_err(self.catalog.sql_err())?;
+        rows.map(|r| r.map(|item| (item.item_id.clone(), item)))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.catalog.sql_err())
+    }
+
+    /// Records that `item`'s content is stored (replacing an earlier entry of the same item).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn record(&self, collection: &str, item: &StoredItem) -> Result<()> {
+        let content = to_json(&item.content)?;
+        self.catalog
+            .conn()
+            .execute(
+                "INSERT OR REPLACE INTO stored_items \
+                 (scope, collection, item_id, kind, version, content, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    self.scope,
+                    collection,
+                    item.item_id,
+                    item.kind,
+                    item.version,
+                    content,
+                    Utc::now().to_rfc3339()
+                ],
+            )
+            .map_err(self.catalog.sql_err())?;
+        Ok(())
+    }
+
+    /// Forgets the entries of `collection`, or of the whole scope when `collection` is `None`.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn discard(&self, collection: Option<&str>) -> Result<()> {
+        self.catalog.discard_stored_items(&self.scope, collection)
+    }
+}
 
 /// One saved page of a delta walk ([`Catalog::delta_pages`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -304,6 +431,7 @@ impl Catalog {
             tx.commit().map_err(sql)?;
         }
         conn.execute_batch(DELTA_PAGES).map_err(sql)?;
+        conn.execute_batch(STORED_ITEMS).map_err(sql)?;
         Ok(Catalog {
             inner: Arc::new(CatalogInner {
                 path: shown,
@@ -396,6 +524,24 @@ impl Catalog {
                 params![scope, c],
             ),
             None => conn.execute("DELETE FROM delta_pages WHERE scope = ?1", params![scope]),
+        }
+        .map_err(self.sql_err())?;
+        Ok(())
+    }
+
+    /// Forgets the [`ItemJournal`] entries of `collection` in `scope`, or of the whole scope
+    /// when `collection` is `None` (after its snapshot is committed).
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] on SQLite failures.
+    pub fn discard_stored_items(&self, scope: &str, collection: Option<&str>) -> Result<()> {
+        let conn = self.conn();
+        match collection {
+            Some(c) => conn.execute(
+                "DELETE FROM stored_items WHERE scope = ?1 AND collection = ?2",
+                params![scope, c],
+            ),
+            None => conn.execute("DELETE FROM stored_items WHERE scope = ?1", params![scope]),
         }
         .map_err(self.sql_err())?;
         Ok(())

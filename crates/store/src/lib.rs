@@ -106,8 +106,10 @@ mod snapshot;
 #[doc(hidden)]
 pub mod bench_api;
 
-pub use backup::{BackupWriter, ContentWriter, WriteStats};
-pub use catalog::{Catalog, DeltaPageRow, ItemRow, JobRun, SnapshotRow, SyncStats};
+pub use backup::{BackupWriter, ContentWriter, IndexCheckpoint, WriteStats};
+pub use catalog::{
+    Catalog, DeltaPageRow, ItemJournal, ItemRow, JobRun, SnapshotRow, StoredItem, SyncStats,
+};
 pub use check::{CheckOptions, CheckProblem, CheckReport};
 pub use error::{Error, Result};
 pub use forget::{ForgetGroup, ForgetOptions, ForgetPlan, ForgetReport, PlannedSnapshot};

@@ -313,18 +313,13 @@ impl RepoLock {
     /// [`Error::LockLost`] if the last successful refresh was too long ago: another process
     /// may already have treated the lock as stale.
     pub fn ensure_valid(&self, margin: Duration) -> Result<()> {
-        let info = self.info();
-        let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::TimeDelta::MAX);
-        if info.expires - margin > Utc::now() {
-            Ok(())
-        } else {
-            Err(Error::LockLost {
-                location: self.state.repo.location.clone(),
-                kind: info.kind,
-                refreshed: info.refreshed,
-                expires: info.expires,
-            })
-        }
+        self.state.ensure_valid(margin)
+    }
+
+    /// A handle that checks this lock's validity from background tasks (a session's index
+    /// checkpoints); it does not keep the lock alive.
+    pub(crate) fn check(&self) -> LockCheck {
+        LockCheck(self.state.clone())
     }
 
     /// The lock's time to live, as taken.
@@ -341,6 +336,39 @@ impl RepoLock {
         let name = self.state.current.lock().expect("lock state").0.clone();
         delete_lock(&self.state.repo, &name).await;
         tracing::debug!(lock = %name, "repository lock released");
+    }
+}
+
+/// Checks a held lock's validity (see [`RepoLock::ensure_valid`]).
+#[derive(Clone)]
+pub(crate) struct LockCheck(Arc<HeldLock>);
+
+impl LockCheck {
+    /// As [`RepoLock::ensure_valid`].
+    pub(crate) fn ensure_valid(&self, margin: Duration) -> Result<()> {
+        self.0.ensure_valid(margin)
+    }
+
+    /// As [`RepoLock::ttl`].
+    pub(crate) fn ttl(&self) -> Duration {
+        self.0.ttl
+    }
+}
+
+impl HeldLock {
+    fn ensure_valid(&self, margin: Duration) -> Result<()> {
+        let info = self.current.lock().expect("lock state").1.clone();
+        let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::TimeDelta::MAX);
+        if info.expires - margin > Utc::now() {
+            Ok(())
+        } else {
+            Err(Error::LockLost {
+                location: self.repo.location.clone(),
+                kind: info.kind,
+                refreshed: info.refreshed,
+                expires: info.expires,
+            })
+        }
     }
 }
 

@@ -1466,6 +1466,49 @@ mod catalog {
         (repo, snaps)
     }
 
+    /// The item journal: entries survive a reopen (a killed process), are kept per scope and
+    /// collection, replaced per item, and discarded per collection or per scope.
+    #[test]
+    fn item_journal_keeps_entries_per_scope_and_collection_until_discarded() {
+        use m365bk_store::{ItemJournal, StoredItem};
+        let cat_dir = tempfile::tempdir().unwrap();
+        let db = cat_dir.path().join("catalog.sqlite");
+        let entry = |id: &str, version: &str, size: u64| StoredItem {
+            item_id: id.to_owned(),
+            kind: "message".to_owned(),
+            version: version.to_owned(),
+            content: ContentRef {
+                size,
+                blobs: vec![m365bk_store::BlobId::from_bytes([size as u8; 32])],
+            },
+        };
+        {
+            let catalog = Catalog::open(&db).unwrap();
+            let adele = ItemJournal::new(catalog.clone(), "exchange/adele");
+            let bob = ItemJournal::new(catalog, "exchange/bob");
+            adele.record("inbox", &entry("m1", "ck1", 1)).unwrap();
+            adele.record("inbox", &entry("m1", "ck2", 2)).unwrap();
+            adele.record("inbox", &entry("m2", "ck1", 3)).unwrap();
+            adele.record("sent", &entry("m3", "ck1", 4)).unwrap();
+            bob.record("inbox", &entry("m1", "ck9", 5)).unwrap();
+        }
+        let catalog = Catalog::open(&db).unwrap();
+        let adele = ItemJournal::new(catalog.clone(), "exchange/adele");
+        let inbox = adele.load("inbox").unwrap();
+        assert_eq!(inbox.len(), 2);
+        assert_eq!(inbox["m1"], entry("m1", "ck2", 2), "the last record wins");
+        assert_eq!(inbox["m2"], entry("m2", "ck1", 3));
+        adele.discard(Some("inbox")).unwrap();
+        assert!(adele.load("inbox").unwrap().is_empty());
+        assert_eq!(adele.load("sent").unwrap().len(), 1);
+        catalog
+            .discard_stored_items("exchange/adele", None)
+            .unwrap();
+        assert!(adele.load("sent").unwrap().is_empty());
+        let bob = ItemJournal::new(catalog, "exchange/bob");
+        assert_eq!(bob.load("inbox").unwrap()["m1"], entry("m1", "ck9", 5));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sync_and_rebuild_reproduce_rows_from_the_repository() {
         let dir = tempfile::tempdir().unwrap();
@@ -1597,6 +1640,100 @@ mod catalog {
             "{err}"
         );
         assert!(err.to_string().contains("catalog rebuild"), "{err}");
+    }
+}
+
+/// Index checkpoints: a session that uploads packs writes index files for them before its
+/// commit, so a killed backup leaves its stored content indexed for the next one.
+mod checkpoint {
+    use super::*;
+    use m365bk_store::IndexCheckpoint;
+    use std::time::{Duration, Instant};
+
+    fn index_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("index")).map_or(0, |d| {
+            d.filter(|f| {
+                !f.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains('#')
+            })
+            .count()
+        })
+    }
+
+    /// Stores four 12 MiB random contents (three 16 MiB packs sealed) with `checkpoint`, then
+    /// waits up to 30 s for an index file. Returns the contents, whether an index file
+    /// appeared before any commit, and whether a second session on a fresh repository handle
+    /// holds the first content. The first session is still open (not committed) throughout.
+    async fn store_uncommitted(checkpoint: IndexCheckpoint) -> (usize, bool, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        backup.set_index_checkpoint(checkpoint);
+        let mut contents = Vec::new();
+        for seed in 0..4 {
+            contents.push(store(&backup, &random_bytes(12 * MIB, 100 + seed), &[MIB]).await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (index_files(dir.path()) == 0 || backup.stats().packs_written < 2)
+            && Instant::now() < deadline
+        {
+            if checkpoint == IndexCheckpoint::OFF && backup.stats().packs_written >= 2 {
+                // Nothing will come: give the uploads a moment and stop waiting.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let written = backup.stats().packs_written;
+        assert!(written >= 2, "at least two packs uploaded: {written}");
+        let files = index_files(dir.path());
+        let fresh = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        assert!(fresh.list_snapshots().await.unwrap().is_empty());
+        let other = fresh.begin_backup().await.unwrap();
+        let sees_first = other.contains(&contents[0]);
+        if sees_first {
+            // What the fresh handle's index lists is readable, byte for byte.
+            let back = read_all(&fresh, &contents[0]).await.unwrap();
+            assert_eq!(back, random_bytes(12 * MIB, 100));
+        }
+        other.finish().await.unwrap();
+        backup.finish().await.unwrap();
+        (files, files > 0, sees_first)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_past_n_packs_writes_an_index_file_before_its_commit() {
+        let policy = IndexCheckpoint {
+            packs: 2,
+            interval: Duration::MAX,
+        };
+        let (files, indexed, sees_first) = store_uncommitted(policy).await;
+        assert!(indexed, "an index file before the commit ({files})");
+        assert!(sees_first, "a fresh handle sees the checkpointed blobs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interval_zero_indexes_after_every_pack_upload() {
+        let policy = IndexCheckpoint {
+            packs: 0,
+            interval: Duration::ZERO,
+        };
+        let (files, indexed, sees_first) = store_uncommitted(policy).await;
+        assert!(indexed && sees_first, "{files} index files");
+    }
+
+    /// The control: without checkpoints nothing is indexed before the commit, so the checks
+    /// above can fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_checkpoints_nothing_is_indexed_before_the_commit() {
+        let (files, indexed, sees_first) = store_uncommitted(IndexCheckpoint::OFF).await;
+        assert!(!indexed, "{files} index files");
+        assert!(!sees_first);
     }
 }
 
