@@ -19,12 +19,16 @@
 //! and SharePoint meter resource units per app per minute (1 for a single-item request or a
 //! delta with a token, 2 for listings, delta without a token and writes, 5 for permission
 //! requests), send `RateLimit-Limit`/`-Remaining`/`-Reset` from 80 % of the budget on, and
-//! answer 429 `activityLimitReached` with `Retry-After` beyond it. Only authenticated Graph
-//! requests are metered (pre-authenticated download and upload URLs carry no app id). Both
-//! models apply at once when both are configured, each to its own requests. The fault report
-//! (`GET /_sim/admin/faults`) counts what the model admitted and refused (`throttled`: also
-//! `outlook_peak_in_flight`, `outlook_upload_bytes`, `onedrive_resource_units`) and, per `app/mailbox`, the most
-//! requests it had in flight at once (`outlook_mailboxes`).
+//! answer 429 `activityLimitReached` with `Retry-After` beyond it; and per app per 24 hours
+//! (1,200,000 for the smallest tenants), answering 429 `activityLimitReached` with the wait
+//! until units leave the 24-hour window. Only authenticated Graph requests are metered
+//! (pre-authenticated download and upload URLs carry no app id), except the range `PUT`s of
+//! an Outlook attachment upload session, which count against the upload budget of the app
+//! that opened it. Both models apply at once when both are configured, each to its own
+//! requests. The fault report (`GET /_sim/admin/faults`) counts what the model admitted and
+//! refused (`throttled`: also `outlook_peak_in_flight`, `outlook_upload_bytes`,
+//! `onedrive_resource_units`) and, per `app/mailbox`, the most requests it had in flight at
+//! once (`outlook_mailboxes`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -64,6 +68,8 @@ use crate::wire::{Ctx, GraphError};
 /// upload_window_secs = 300
 /// [faults.throttling.onedrive]
 /// resource_units_per_minute = 1250
+/// resource_units_per_day = 1200000
+/// day_window_secs = 86400
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,26 +309,49 @@ fn default_concurrency_retry_after() -> String {
     "1".into()
 }
 
-/// OneDrive and SharePoint resource units
-/// (<https://learn.microsoft.com/sharepoint/dev/general-development/how-to-avoid-getting-throttled-or-blocked-in-sharepoint-online>).
+/// OneDrive and SharePoint resource units per app in the tenant, per minute and per 24 hours
+/// (<https://learn.microsoft.com/sharepoint/dev/general-development/how-to-avoid-getting-throttled-or-blocked-in-sharepoint-online>,
+/// "Application" limits by tenant size; the defaults are the 0–1,000 licences row).
+///
+/// Both windows slide. A request over the minute budget gets 429 `activityLimitReached` with
+/// `Retry-After` and the `RateLimit-*` headers; one over the 24-hour budget gets 429
+/// `activityLimitReached` with `Retry-After` = the seconds until enough units leave the
+/// 24-hour window, and no `RateLimit-*` headers (Microsoft documents those for the minute
+/// budget only). The 24-hour window counts in 1-second buckets (so it may free units up to a
+/// second early).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OneDriveLimits {
     /// Resource units per app per minute (default 1,250, the smallest tenant's budget).
     #[serde(default = "default_resource_units")]
     pub resource_units_per_minute: u32,
+    /// Resource units per app per [`OneDriveLimits::day_window_secs`] (default 1,200,000, the
+    /// smallest tenant's 24-hour budget).
+    #[serde(default = "default_resource_units_per_day")]
+    pub resource_units_per_day: u32,
+    /// The "24-hour" window in seconds (default 86,400; scaled down in tests).
+    #[serde(default = "default_day_window")]
+    pub day_window_secs: u64,
 }
 
 impl Default for OneDriveLimits {
     fn default() -> Self {
         OneDriveLimits {
             resource_units_per_minute: default_resource_units(),
+            resource_units_per_day: default_resource_units_per_day(),
+            day_window_secs: default_day_window(),
         }
     }
 }
 
 fn default_resource_units() -> u32 {
     1250
+}
+fn default_resource_units_per_day() -> u32 {
+    1_200_000
+}
+fn default_day_window() -> u64 {
+    24 * 3600
 }
 
 impl FaultsConfig {
@@ -384,6 +413,12 @@ impl FaultsConfig {
             }
         }
         if let Some(d) = &self.throttling.onedrive {
+            if d.resource_units_per_day == 0 || d.day_window_secs == 0 {
+                return Err(
+                    "throttling.onedrive: resource_units_per_day and day_window_secs must be at least 1"
+                        .into(),
+                );
+            }
             if d.resource_units_per_minute == 0 {
                 return Err(
                     "throttling.onedrive.resource_units_per_minute must be at least 1".into(),
@@ -413,6 +448,8 @@ struct ThrottleCounters {
     /// Request-body bytes the upload budget admitted (all mailboxes).
     outlook_upload_bytes: u64,
     onedrive: u64,
+    /// OneDrive requests refused by the 24-hour budget.
+    onedrive_daily: u64,
     /// Outlook requests admitted by the model (all mailboxes).
     outlook_admitted: u64,
     /// The most Outlook requests one mailbox ever had in flight at once.
@@ -448,6 +485,8 @@ pub(crate) struct FaultState {
     /// Per `app/mailbox`: (when, bytes) of request bodies in the upload window.
     outlook_uploads: HashMap<String, VecDeque<(Instant, u64)>>,
     onedrive_recent: HashMap<String, VecDeque<(Instant, u32)>>,
+    /// Per app: (second, resource units) in the 24-hour window.
+    onedrive_daily: HashMap<String, VecDeque<(Instant, u64)>>,
     throttled: ThrottleCounters,
 }
 
@@ -464,6 +503,7 @@ impl FaultState {
             outlook_recent: HashMap::new(),
             outlook_uploads: HashMap::new(),
             onedrive_recent: HashMap::new(),
+            onedrive_daily: HashMap::new(),
             throttled: ThrottleCounters::default(),
         };
         s.configure(config);
@@ -482,6 +522,7 @@ impl FaultState {
         self.outlook_recent.clear();
         self.outlook_uploads.clear();
         self.onedrive_recent.clear();
+        self.onedrive_daily.clear();
         self.config = config;
     }
 
@@ -1124,15 +1165,16 @@ fn attachment_upload_owner(sim: &Sim, info: &ReqInfo) -> Option<(String, String)
     Some((session.app_id.clone(), user))
 }
 
-/// Admits `bytes` into a sliding upload window holding `(when, bytes)`, or says how long until
-/// they fit. A body larger than the whole budget fits an empty window.
-fn admit_upload(
+/// Drops what left a sliding window of `(when, amount)` and says how long until `cost` more
+/// fit in `limit` (`None`: they fit now). A cost larger than the whole budget fits an empty
+/// window.
+fn window_wait(
     recent: &mut VecDeque<(Instant, u64)>,
     now: Instant,
     window: Duration,
     limit: u64,
-    bytes: u64,
-) -> Result<(), Duration> {
+    cost: u64,
+) -> Option<Duration> {
     while recent
         .front()
         .is_some_and(|(t, _)| now.duration_since(*t) >= window)
@@ -1140,18 +1182,41 @@ fn admit_upload(
         recent.pop_front();
     }
     let used: u64 = recent.iter().map(|(_, b)| *b).sum();
-    if used + bytes > limit && !recent.is_empty() {
-        let left_at = |t: &Instant| window.saturating_sub(now.duration_since(*t));
-        let mut freed = 0;
-        for (t, b) in recent.iter() {
-            freed += b;
-            if used - freed + bytes <= limit {
-                return Err(left_at(t));
-            }
-        }
-        return Err(recent.back().map(|(t, _)| left_at(t)).unwrap_or(window));
+    if used + cost <= limit || recent.is_empty() {
+        return None;
     }
-    recent.push_back((now, bytes));
+    let left_at = |t: &Instant| window.saturating_sub(now.duration_since(*t));
+    let mut freed = 0;
+    for (t, b) in recent.iter() {
+        freed += b;
+        if used - freed + cost <= limit {
+            return Some(left_at(t));
+        }
+    }
+    Some(recent.back().map(|(t, _)| left_at(t)).unwrap_or(window))
+}
+
+/// Records `cost` at `now`, in the last entry when it is less than `bucket` old (so a long
+/// window holds one entry per bucket, not one per request).
+fn window_record(recent: &mut VecDeque<(Instant, u64)>, now: Instant, cost: u64, bucket: Duration) {
+    match recent.back_mut() {
+        Some((t, n)) if now.duration_since(*t) < bucket => *n += cost,
+        _ => recent.push_back((now, cost)),
+    }
+}
+
+/// Admits `bytes` into a sliding upload window, or says how long until they fit.
+fn admit_upload(
+    recent: &mut VecDeque<(Instant, u64)>,
+    now: Instant,
+    window: Duration,
+    limit: u64,
+    bytes: u64,
+) -> Result<(), Duration> {
+    if let Some(wait) = window_wait(recent, now, window, limit, bytes) {
+        return Err(wait);
+    }
+    window_record(recent, now, bytes, Duration::ZERO);
     Ok(())
 }
 
@@ -1296,6 +1361,22 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
         let window = Duration::from_secs(60);
         let now = Instant::now();
         let mut st = sim.faults();
+        // The 24-hour budget first: when both are spent, its wait is the one that matters.
+        let daily = st.onedrive_daily.entry(app.to_string()).or_default();
+        let day = Duration::from_secs(d.day_window_secs);
+        let per_day = u64::from(d.resource_units_per_day);
+        if let Some(wait) = window_wait(daily, now, day, per_day, u64::from(cost)) {
+            st.throttled.onedrive_daily += 1;
+            drop(st);
+            let resp = status_response(
+                ctx,
+                429,
+                Some("activityLimitReached"),
+                Some("The request has been throttled"),
+                Some(&retry_secs(wait).to_string()),
+            );
+            return Throttle::Reject(resp, "throttle_onedrive_daily");
+        }
         let recent = st.onedrive_recent.entry(app.to_string()).or_default();
         while recent
             .front()
@@ -1347,6 +1428,9 @@ fn throttle(sim: &Arc<Sim>, ctx: &Ctx, info: &ReqInfo, app: Option<&str>) -> Thr
         // Microsoft sends the RateLimit headers once 80 % of the budget is used.
         let headers = (u64::from(used) * 5 >= u64::from(limit) * 4)
             .then(|| (limit, limit - used, reset_in(recent).as_secs().max(1)));
+        if let Some(daily) = st.onedrive_daily.get_mut(app) {
+            window_record(daily, now, u64::from(cost), Duration::from_secs(1));
+        }
         st.throttled.onedrive_admitted += 1;
         st.throttled.onedrive_resource_units += u64::from(cost);
         return Throttle::Pass {
@@ -1533,6 +1617,17 @@ mod tests {
         let t10 = t0 + Duration::from_secs(10);
         assert_eq!(admit_upload(&mut w, t10, window, 100, 150), Ok(()));
         assert_eq!(retry_secs(Duration::from_millis(8001)), 9);
+        // A coarse window keeps one entry per bucket.
+        let mut w = VecDeque::new();
+        window_record(&mut w, t0, 1, Duration::from_secs(1));
+        window_record(
+            &mut w,
+            t0 + Duration::from_millis(999),
+            2,
+            Duration::from_secs(1),
+        );
+        window_record(&mut w, t1, 4, Duration::from_secs(1));
+        assert_eq!(w, VecDeque::from([(t0, 3), (t1, 4)]));
         assert_eq!(retry_secs(Duration::ZERO), 1);
     }
 
@@ -1571,6 +1666,21 @@ resource_units_per_minute = 10
                 .validate()
                 .unwrap_err();
         assert!(bad.contains("throttling.outlook"), "{bad}");
+        let d = OneDriveLimits::default();
+        assert_eq!(
+            (
+                d.resource_units_per_minute,
+                d.resource_units_per_day,
+                d.day_window_secs
+            ),
+            (1_250, 1_200_000, 86_400),
+            "Microsoft: 0-1,000 licences"
+        );
+        let bad = toml::from_str::<FaultsConfig>("[throttling.onedrive]\nday_window_secs = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(bad.contains("throttling.onedrive"), "{bad}");
         let bad = toml::from_str::<FaultsConfig>(
             "[[rules]]\nfault = { kind = \"reset\", after_bytes = 1, extra = 2 }\n",
         )

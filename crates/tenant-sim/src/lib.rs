@@ -69,7 +69,8 @@
 //!   at most `max_count`), per-request `latency_ms`, and the throttling model
 //!   ([`ThrottlingConfig`]: Outlook's 4 concurrent / 10,000 per 10 minutes / 150 MB uploaded
 //!   per 5 minutes per mailbox,
-//!   OneDrive's resource units per minute with `RateLimit-*` headers), all off by default.
+//!   OneDrive's resource units per app per minute, with `RateLimit-*` headers,
+//!   and per 24 hours), all off by default.
 //! - Test API (no auth, loopback only): `GET|DELETE B/_sim/requests` (request log:
 //!   `seq, at_ms, method, path, status, app_id, authorization_header, bytes_out, fault`, plus
 //!   `fault_rule` for a rule's fault, `batch_request_id` for a request run inside a `$batch`;

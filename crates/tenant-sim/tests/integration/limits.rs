@@ -1,6 +1,8 @@
 //! Microsoft's published limits in the throttling model, beyond concurrency and request rate:
 //! Outlook's upload budget per mailbox
-//! (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>).
+//! (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>) and the
+//! OneDrive/SharePoint resource units per app per 24 hours
+//! (<https://learn.microsoft.com/sharepoint/dev/general-development/how-to-avoid-getting-throttled-or-blocked-in-sharepoint-online>).
 
 use std::time::Duration;
 
@@ -180,4 +182,57 @@ async fn outlook_upload_window_slides() {
             .status(),
         201
     );
+}
+
+#[tokio::test]
+async fn sharepoint_daily_resource_units_then_429_until_units_leave_the_day_window() {
+    let env = start().await;
+    let t = env.token(FULL).await;
+    // A day budget of 5 RU, far below the minute budget.
+    set_faults(
+        &env,
+        json!({"throttling": {"onedrive": {"resource_units_per_minute": 1000, "resource_units_per_day": 5}}}),
+    )
+    .await;
+    let children = env.graph(&format!("/users/{ADELE}/drive/root/children"));
+    let item = env.graph(&format!("/users/{ADELE}/drive/root:/readme.md"));
+    // 2 + 2 + 1 = 5 RU.
+    assert_eq!(env.get(&t, &children).await.status(), 200);
+    assert_eq!(env.get(&t, &children).await.status(), 200);
+    assert_eq!(env.get(&t, &item).await.status(), 200);
+    let r = env.get(&t, &item).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((86_390..=86_400).contains(&wait), "{wait}");
+    assert!(
+        !r.headers().contains_key("ratelimit-remaining"),
+        "the RateLimit headers are the minute budget's"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(code(&body), "activityLimitReached");
+    // Mail is another workload.
+    let folders = env.graph(&format!("/users/{ADELE}/mailFolders"));
+    assert_eq!(env.get(&t, &folders).await.status(), 200);
+    let report = fault_report(&env).await;
+    assert_eq!(report["throttled"]["onedrive_daily"], 1, "{report}");
+    assert_eq!(report["throttled"]["onedrive"], 0, "{report}");
+    let log = env.log().await;
+    assert!(log.iter().any(|e| e["fault"] == "throttle_onedrive_daily"));
+
+    // The window slides: with a 1-second "day", the units come back.
+    set_faults(
+        &env,
+        json!({"throttling": {"onedrive": {"resource_units_per_day": 2, "day_window_secs": 1}}}),
+    )
+    .await;
+    assert_eq!(env.get(&t, &children).await.status(), 200);
+    let r = env.get(&t, &item).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(env.get(&t, &item).await.status(), 200);
 }
