@@ -6,6 +6,7 @@
 mod integration {
     mod attachments;
     mod auth;
+    mod auth_certificate_only;
     mod bad_input;
     mod batch;
     mod crash;
