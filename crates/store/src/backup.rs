@@ -48,7 +48,7 @@ const INLINE_BYTES: usize = 64 * 1024;
 /// buffer size (two maximum-size chunks): two keep each thread busy while writers refill.
 const ENCODE_BUFFERS_PER_THREAD: usize = 1;
 /// Spare writer buffers kept per compute thread (see `Session::spare_buffers`).
-const SPARE_BUFFERS_PER_THREAD: usize = 4;
+const SPARE_BUFFERS_PER_THREAD: usize = 2;
 /// Item list bytes buffered before they are written as content.
 const TREE_WRITE_BYTES: usize = 1024 * 1024;
 
@@ -136,9 +136,11 @@ pub(crate) struct Session {
     encoding: watch::Sender<BTreeSet<u64>>,
     /// KiB of writer buffers that encode batches may hold; writers wait beyond it.
     encode_budget: Arc<Semaphore>,
-    /// Writer buffers (capacity `process_bytes`) back from compression, for the next writer:
-    /// reusing them keeps large buffers from being freed on one thread and allocated on
-    /// another, which leaves glibc's per-thread arenas holding many freed copies.
+    /// Full-size writer buffers (capacity `process_bytes`) back from compression, for the
+    /// next writer that carries a tail over (a content larger than one buffer): reusing them
+    /// keeps large buffers from being freed on one thread and allocated on another, which
+    /// leaves glibc's per-thread arenas holding many freed copies. Writers of small contents
+    /// grow their own buffer to the content's size instead.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
     commit_lock: tokio::sync::Mutex<()>,
     /// Buffer size at which a content writer chunks what it holds.
@@ -290,6 +292,9 @@ impl BackupWriter {
     pub async fn commit_snapshot(&self, draft: SnapshotDraft) -> Result<Snapshot> {
         let _serial = self.session.commit_lock.lock().await;
         self.session.check_failed()?;
+        // The items' chunks reach the open pack before their item list does, so a pack holds
+        // a snapshot's content ahead of its item list, as it is written.
+        self.session.wait_encoded().await?;
         let tree = self.write_tree(&draft.items).await?;
         self.ensure_locked()?;
         self.session.flush().await?;
@@ -556,16 +561,22 @@ impl Session {
         let _ = rx.wait_for(|set| set.len() <= limit).await.map(|_| ());
     }
 
-    /// Seals the open pack, waits for every pack sealed so far, and writes an index file for
-    /// the uploaded packs not yet indexed. Callers hold `commit_lock`.
-    async fn flush(self: &Arc<Self>) -> Result<()> {
+    /// Waits until every chunk claimed so far is in the open pack (or in a pack sealed since).
+    async fn wait_encoded(&self) -> Result<()> {
         let encoded_before = self.state.lock().expect("session lock").next_encode_seq;
         let mut rx = self.encoding.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
         let _ = rx
             .wait_for(|set| set.first().is_none_or(|&first| first >= encoded_before))
             .await
             .map(|_| ());
-        self.check_failed()?;
+        self.check_failed()
+    }
+
+    /// Seals the open pack, waits for every pack sealed so far, and writes an index file for
+    /// the uploaded packs not yet indexed. Callers hold `commit_lock`.
+    async fn flush(self: &Arc<Self>) -> Result<()> {
+        self.wait_encoded().await?;
         let sealed_before = {
             let mut state = self.state.lock().expect("session lock");
             if !state.open.is_empty() {
@@ -662,9 +673,6 @@ impl ContentWriter {
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;
         let limit = self.session.process_bytes;
-        if self.buf.capacity() == 0 && data.len() > INLINE_BYTES {
-            self.buf = self.session.take_buffer();
-        }
         while !data.is_empty() {
             let n = (limit - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..n]);
