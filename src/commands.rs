@@ -31,6 +31,23 @@ fn lock_options() -> LockOptions {
     LOCK_OPTIONS.get().copied().unwrap_or_default()
 }
 
+/// Overrides the seconds between a backup's index checkpoints (default 60; 0: after every
+/// pack upload). Meant for tests and troubleshooting; a `[backup]` setting may replace it.
+const INDEX_CHECKPOINT_ENV: &str = "M365BK_INDEX_CHECKPOINT_SECS";
+
+/// When backups write index files between commits: [`m365bk_store::IndexCheckpoint::default`], with the
+/// interval from `$M365BK_INDEX_CHECKPOINT_SECS` when set.
+fn index_checkpoint() -> anyhow::Result<m365bk_store::IndexCheckpoint> {
+    let mut checkpoint = m365bk_store::IndexCheckpoint::default();
+    if let Some(value) = std::env::var_os(INDEX_CHECKPOINT_ENV) {
+        let secs: u64 = value.to_str().and_then(|v| v.trim().parse().ok()).with_context(|| {
+            format!("${INDEX_CHECKPOINT_ENV} is {value:?}: give whole seconds, e.g. 60, or unset it")
+        })?;
+        checkpoint.interval = std::time::Duration::from_secs(secs);
+    }
+    Ok(checkpoint)
+}
+
 /// Runs one command; never panics on bad input: every failure becomes a logged error and an
 /// exit code. Repository locks the command dropped are deleted before it returns.
 pub async fn run(opts: Opts) -> ExitCode {
@@ -444,7 +461,9 @@ async fn backup(
         .context("resolving the job's users")?;
     // The shared backup lock before anything is read: a prune that ran before it cannot
     // have deleted what this session deduplicates against.
+    let checkpoint = index_checkpoint()?;
     let writer = repo.begin_backup_with(&lock_options()).await?;
+    writer.set_index_checkpoint(checkpoint);
     let existing = repo.list_snapshots().await?;
     let mut snapshots = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
@@ -591,12 +610,16 @@ async fn backup_resource(
         None => None,
     };
     let parent = if parent_items.is_some() { parent } else { None };
-    // Delta pages are saved in the catalog as they arrive and dropped once the snapshot is
-    // committed: a killed backup resumes each enumeration from its last page.
+    // Delta pages are saved in the catalog as they arrive, and each item's stored content
+    // as it is stored; both are dropped once the snapshot is committed: a killed backup
+    // resumes each enumeration from its last page, and does not download again what the
+    // repository indexed before the kill.
     let scope = format!("{}/{}", service.as_str(), user.id);
+    let stored = m365bk_store::ItemJournal::new(catalog.clone(), scope.clone());
     let journal: Arc<dyn m365bk_graph::DeltaJournal> = Arc::new(CatalogJournal {
         catalog: catalog.clone(),
         scope: scope.clone(),
+        stored: stored.clone(),
     });
     let mut draft = match service {
         Service::Exchange => {
@@ -607,6 +630,7 @@ async fn backup_resource(
                 page_size: settings.page_size,
                 concurrency: settings.concurrency,
                 journal: Some(journal),
+                stored: Some(stored),
             };
             m365bk_exchange::backup_mailbox(job, writer, user, parent.as_ref(), &opts).await?
         }
@@ -618,6 +642,7 @@ async fn backup_resource(
                 page_size: settings.drive_page_size,
                 concurrency: settings.concurrency,
                 journal: Some(journal),
+                stored: Some(stored),
             };
             m365bk_onedrive::backup_drive(job, writer, user, parent.as_ref(), &opts).await?
         }
@@ -627,6 +652,9 @@ async fn backup_resource(
     let snapshot = writer.commit_snapshot(draft).await?;
     if let Err(e) = catalog.discard_delta_pages(&scope, None) {
         tracing::warn!(error = %e, "snapshot saved, but its delta progress could not be dropped from the catalog");
+    }
+    if let Err(e) = catalog.discard_stored_items(&scope, None) {
+        tracing::warn!(error = %e, "snapshot saved, but its stored-item journal could not be dropped from the catalog");
     }
     let items = repo.load_items(&snapshot).await?;
     Ok((snapshot, items))
@@ -638,6 +666,8 @@ struct CatalogJournal {
     catalog: m365bk_store::Catalog,
     /// `service/resource id`.
     scope: String,
+    /// The same resource's stored items: a collection whose walk starts afresh drops them too.
+    stored: m365bk_store::ItemJournal,
 }
 
 impl m365bk_graph::DeltaJournal for CatalogJournal {
@@ -690,7 +720,8 @@ impl m365bk_graph::DeltaJournal for CatalogJournal {
     fn discard(&self, collection: &str) -> m365bk_graph::Result<()> {
         self.catalog
             .discard_delta_pages(&self.scope, Some(collection))
-            .map_err(journal_err)
+            .map_err(journal_err)?;
+        self.stored.discard(Some(collection)).map_err(journal_err)
     }
 }
 

@@ -4,11 +4,18 @@
 //! the middle of a folder: the real binary exits having saved the pages before it; the rerun
 //! must not ask for those pages again (neither the folders already enumerated nor the first
 //! pages of the stopped one), and its snapshot must equal the simulator's content.
+//!
+//! Resumable downloads: content stored before the stop is in the repository's index (written at
+//! the end of a failed run, or by an index checkpoint before a `kill -9`), and the catalog's
+//! `stored_items` journal names the item version it belongs to, so the rerun does not download
+//! it again.
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::harness::{content_set, corpus, matrix_permissions, pct_decode, Env, Sim};
+use super::harness::{
+    content_set, corpus, matrix_permissions, pct_decode, Env, Sim, PASSPHRASE, SECRET, TEST_KDF_ENV,
+};
 
 const ADELE: &str = "adele.vance@contoso.onmicrosoft.com";
 const ZOE: &str = "zoe.angstrom@contoso.onmicrosoft.com";
@@ -94,8 +101,8 @@ async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
         Some(stopped_at),
         "the rerun starts where the first run stopped"
     );
-    // Known limitation, measured: messages the stopped run downloaded sit in packs no index
-    // lists, so the rerun downloads them again (the enumeration resumes, the downloads do not).
+    // The stopped run indexed what it stored before it exited (`finish`), and journaled each
+    // message: the rerun downloads only the messages the first run did not.
     let mime = |log: &[Value]| log.iter().filter(|e| path(e).ends_with("/$value")).count();
     eprintln!(
         "resume: first run {} message-delta pages (the last one refused), {} MIME downloads; \
@@ -104,6 +111,16 @@ async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
         mime(&log1),
         pages2.len(),
         mime(&log2)
+    );
+    let messages: usize = content_set(&source, "mail", "").values().sum();
+    assert!(
+        mime(&log1) > 0,
+        "the first run stored messages before the stop"
+    );
+    assert_eq!(
+        mime(&log1) + mime(&log2),
+        messages,
+        "no message downloaded twice across the stop"
     );
 
     // The snapshot is the mailbox: restore it and compare, message by message.
@@ -156,7 +173,6 @@ async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
 /// was saved before the next was requested, so the rerun must not ask for any of them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
-    use super::harness::{PASSPHRASE, SECRET, TEST_KDF_ENV};
     let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
     let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
@@ -336,5 +352,252 @@ async fn interrupted_drive_backup_resumes_from_the_last_saved_page() {
     assert_eq!(
         got, want,
         "restored drive equals the simulator's, sha256 by sha256"
+    );
+}
+
+/// Complete objects in the repository directory `dir` (`index`, `snapshots`), not temp files.
+fn objects(env: &Env, dir: &str) -> usize {
+    std::fs::read_dir(env.repo.join(dir)).map_or(0, |d| {
+        d.filter(|f| {
+            !f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains('#')
+        })
+        .count()
+    })
+}
+
+/// Random (incompressible) bytes from a seed (SplitMix64).
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Bulk items of about 1 MiB each stored: 16 fill a 16 MiB pack.
+const BULK_ITEMS: usize = 48;
+/// Items the rerun may download again beyond those the first run never finished: a pack's
+/// worth (the open pack is not indexed at a checkpoint) plus the downloads in flight.
+const REDOWNLOAD_ALLOWANCE: usize = 16 + CONCURRENCY;
+const CONCURRENCY: usize = 2;
+
+/// Runs `args` (a backup) with an index checkpoint after every pack upload and the simulator
+/// adding 100 ms to each request, and kills it (SIGKILL) once `index_files` index files are in
+/// the repository, before any snapshot.
+async fn kill_after_index_checkpoints(sim: &Sim, env: &Env, args: &[&str], index_files: usize) {
+    sim.admin(
+        Method::PUT,
+        "faults",
+        json!({"latency_ms": 100}).to_string().into_bytes(),
+    )
+    .await;
+    sim.clear_requests().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365bk"));
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("M365BK_CLIENT_SECRET", SECRET)
+        .env("M365BK_PASSPHRASE", PASSPHRASE)
+        .env("M365BK_INDEX_CHECKPOINT_SECS", "0")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in TEST_KDF_ENV {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while objects(env, "index") < index_files {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before {index_files} index checkpoints"
+        );
+        assert!(std::time::Instant::now() < deadline, "no index checkpoints");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    let killed = child.wait().await.unwrap();
+    assert!(!killed.success(), "killed: {killed:?}");
+    assert_eq!(objects(env, "snapshots"), 0, "killed before its commit");
+    sim.admin(Method::DELETE, "faults", Vec::new()).await;
+}
+
+/// `kill -9` of a drive backup after two index checkpoints (two packs, about 32 of 48 one-MiB
+/// files), then a rerun: the files in the indexed packs are not downloaded again, so both runs
+/// together download each file about once (at most a pack's worth and the downloads in flight
+/// twice), where without the journal the rerun downloads them all; the snapshot is the drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_drive_backup_does_not_download_again_what_it_indexed() {
+    let corpus = corpus(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\n"),
+    )
+    .unwrap();
+    env.run(&["init"]).await.ok();
+    for i in 0..BULK_ITEMS {
+        sim.admin(
+            Method::PUT,
+            &format!("users/{ADELE}/drive/Bulk/part-{i:02}.bin"),
+            random_bytes(i as u64, 1 << 20),
+        )
+        .await;
+    }
+    let source = sim.export(ADELE).await;
+    let want = content_set(&source, "drive", "");
+    let files: usize = want.values().sum();
+    let backup = ["--json", "backup", "--service", "onedrive", "--user", ADELE];
+    let downloads = |log: &[Value]| log.iter().filter(|e| path(e).ends_with("/content")).count();
+
+    kill_after_index_checkpoints(&sim, &env, &backup, 2).await;
+    let first = downloads(&sim.requests().await);
+    sim.clear_requests().await;
+    let second = env.run(&backup).await.ok();
+    let rerun = downloads(&sim.requests().await);
+    eprintln!(
+        "drive kill -9 after 2 index checkpoints: {files} files; first run {first} downloads, \
+         rerun {rerun}"
+    );
+    assert!(
+        first > REDOWNLOAD_ALLOWANCE,
+        "two packs' worth downloaded before the kill: {first}"
+    );
+    assert!(
+        first + rerun <= files + REDOWNLOAD_ALLOWANCE,
+        "{first} + {rerun} downloads for {files} files: the rerun downloaded again what the \
+         killed run had indexed"
+    );
+
+    let snapshot = second.json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run(&[
+        "--json",
+        "restore",
+        &snapshot,
+        "--to-user",
+        ZOE,
+        "--folder-name",
+        "AfterKill",
+    ])
+    .await
+    .ok();
+    let got = content_set(&sim.export(ZOE).await, "drive", "AfterKill");
+    assert_eq!(
+        got, want,
+        "restored drive equals the simulator's, sha256 by sha256"
+    );
+}
+
+/// The same for a mailbox: 48 messages with a 1 MiB random attachment each; the messages in
+/// the indexed packs are not downloaded again (`/$value`), and the snapshot is the mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mailbox_backup_does_not_download_again_what_it_indexed() {
+    let corpus = corpus(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\n"),
+    )
+    .unwrap();
+    env.run(&["init"]).await.ok();
+    for i in 0..BULK_ITEMS {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(random_bytes(i as u64, 1 << 20));
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let eml = format!(
+            "From: Megan <megan@contoso.test>\r\nTo: Adele <{ADELE}>\r\nSubject: bulk {i}\r\n\
+             Message-ID: <bulk-{i}@contoso.test>\r\nDate: Tue, 3 Mar 2026 10:00:00 +0000\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbulk {i}\r\n\
+             --b\r\nContent-Type: application/octet-stream; name=\"bulk-{i}.bin\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+            lines.join("\r\n")
+        );
+        sim.admin(
+            Method::POST,
+            &format!("users/{ADELE}/messages?folder=Inbox"),
+            eml.into_bytes(),
+        )
+        .await;
+    }
+    let source = sim.export(ADELE).await;
+    let want = content_set(&source, "mail", "");
+    let messages: usize = want.values().sum();
+    let backup = [
+        "--json",
+        "backup",
+        "--service",
+        "exchange",
+        "--user",
+        ADELE,
+        "--items",
+        "mail",
+    ];
+    let downloads = |log: &[Value]| log.iter().filter(|e| path(e).ends_with("/$value")).count();
+
+    kill_after_index_checkpoints(&sim, &env, &backup, 2).await;
+    let first = downloads(&sim.requests().await);
+    sim.clear_requests().await;
+    let second = env.run(&backup).await.ok();
+    let rerun = downloads(&sim.requests().await);
+    eprintln!(
+        "mailbox kill -9 after 2 index checkpoints: {messages} messages; first run {first} \
+         downloads, rerun {rerun}"
+    );
+    assert!(
+        first > REDOWNLOAD_ALLOWANCE,
+        "two packs' worth downloaded before the kill: {first}"
+    );
+    assert!(
+        first + rerun <= messages + REDOWNLOAD_ALLOWANCE,
+        "{first} + {rerun} downloads for {messages} messages: the rerun downloaded again what \
+         the killed run had indexed"
+    );
+
+    let snapshot = second.json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run(&[
+        "--json",
+        "restore",
+        &snapshot,
+        "--to-user",
+        ZOE,
+        "--folder-name",
+        "AfterKill",
+    ])
+    .await
+    .ok();
+    let got = content_set(&sim.export(ZOE).await, "mail", "AfterKill");
+    assert_eq!(
+        got, want,
+        "restored mail equals the simulator's, sha256 by sha256"
     );
 }

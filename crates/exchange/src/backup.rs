@@ -7,7 +7,9 @@ use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser, ItemType};
 use m365bk_graph::{
     is_removed, BatchRequest, BatchResponse, DeltaJournal, DeltaStart, GraphClient,
 };
-use m365bk_store::{BackupWriter, Item, SkippedItem, Snapshot, SnapshotDraft};
+use m365bk_store::{
+    BackupWriter, ContentRef, Item, ItemJournal, SkippedItem, Snapshot, SnapshotDraft, StoredItem,
+};
 use serde_json::{json, Value};
 
 use crate::{kind, Error, Result};
@@ -25,6 +27,10 @@ pub struct BackupOptions {
     /// collection's enumeration from its last page (collection = the delta path); `None`
     /// keeps them in memory only.
     pub journal: Option<std::sync::Arc<dyn DeltaJournal>>,
+    /// Where each message's MIME is recorded once stored (collection = the folder's delta
+    /// path, the message's `changeKey`), so a killed backup, resumed, reuses what the
+    /// repository already holds instead of downloading it again; `None` records nothing.
+    pub stored: Option<ItemJournal>,
 }
 
 impl Default for BackupOptions {
@@ -33,6 +39,7 @@ impl Default for BackupOptions {
             page_size: 100,
             concurrency: 4,
             journal: None,
+            stored: None,
         }
     }
 }
@@ -540,12 +547,21 @@ async fn backup_mail(
     let mut links = serde_json::Map::new();
     for folder in folders {
         let previous = link_of(parent_state, "mail", &folder.id);
+        let collection = format!(
+            "/users/{uid}/mailFolders/{}/messages/delta",
+            encode_segment(&folder.id)
+        );
+        // MIME a killed run of this backup stored: reused like the parent's.
+        let stored: HashMap<String, StoredItem> = match &opts.stored {
+            Some(journal) => journal.load(&collection).map_err(Error::store(format!(
+                "reading the messages stored by an interrupted backup of folder {}",
+                folder.path
+            )))?,
+            None => HashMap::new(),
+        };
         let outcome = walk_delta(
             graph,
-            format!(
-                "/users/{uid}/mailFolders/{}/messages/delta",
-                encode_segment(&folder.id)
-            ),
+            collection.clone(),
             previous.as_deref(),
             opts.page_size,
             opts.journal.as_ref(),
@@ -573,53 +589,61 @@ async fn backup_mail(
         });
         draft.items.extend(carried);
 
-        // Reuse stored MIME when the message is unchanged (same id and changeKey), which
-        // happens after a lost sync state forced a full enumeration.
+        // Reuse stored MIME when the message is unchanged (same id and changeKey) and every
+        // blob is stored: from the parent snapshot (after a lost sync state forced a full
+        // enumeration), else from an interrupted run of this backup.
         let mut to_fetch = Vec::new();
         for m in changed {
-            let id = str_field(&m, "id").unwrap_or_default().to_string();
-            let ck = str_field(&m, "changeKey").map(str::to_string);
-            match parent_by_id.get(id.as_str()) {
-                Some(p)
-                    if ck.is_some()
-                        && p.change_key == ck
-                        && p.content.as_ref().is_some_and(|c| writer.contains(c)) =>
-                {
-                    let mut item = (*p).clone();
-                    item.parent_id = Some(folder.id.clone());
-                    item.path = message_path(&folder.path, &m);
-                    item.metadata = m;
-                    draft.items.push(item);
-                }
-                _ => to_fetch.push(m),
+            let id = str_field(&m, "id").unwrap_or_default();
+            let reusable = match str_field(&m, "changeKey") {
+                Some(ck) => parent_by_id
+                    .get(id)
+                    .filter(|p| p.change_key.as_deref() == Some(ck))
+                    .and_then(|p| p.content.as_ref())
+                    .into_iter()
+                    .chain(
+                        stored
+                            .get(id)
+                            .filter(|s| s.version == ck)
+                            .map(|s| &s.content),
+                    )
+                    .find(|c| writer.contains(c))
+                    .cloned(),
+                None => None,
+            };
+            match reusable {
+                Some(content) => draft.items.push(message_item(&folder, m, content)),
+                None => to_fetch.push(m),
             }
         }
         let folder_path = folder.path.clone();
-        let fetched: Vec<(Value, Result<m365bk_store::ContentRef>)> =
-            futures::stream::iter(to_fetch)
-                .map(|m| async {
-                    let id = str_field(&m, "id").unwrap_or_default().to_string();
-                    let r = fetch_mime(graph, writer, uid, &id).await;
-                    (m, r)
-                })
-                .buffer_unordered(opts.concurrency.max(1))
-                .collect()
-                .await;
+        let fetched: Vec<(Value, Result<ContentRef>)> = futures::stream::iter(to_fetch)
+            .map(|m| async {
+                let id = str_field(&m, "id").unwrap_or_default().to_string();
+                let r = fetch_mime(graph, writer, uid, &id).await;
+                if let (Ok(content), Some(journal), Some(ck)) =
+                    (&r, &opts.stored, str_field(&m, "changeKey"))
+                {
+                    let entry = StoredItem {
+                        item_id: id.clone(),
+                        kind: kind::MESSAGE.into(),
+                        version: ck.to_string(),
+                        content: content.clone(),
+                    };
+                    if let Err(e) = journal.record(&collection, &entry) {
+                        tracing::warn!(message = %id, error = %e, "message stored, but not recorded for a resumed backup");
+                    }
+                }
+                (m, r)
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
         let mut failed = false;
         for (m, r) in fetched {
             let id = str_field(&m, "id").unwrap_or_default().to_string();
             match r {
-                Ok(content) => draft.items.push(Item {
-                    kind: kind::MESSAGE.into(),
-                    id,
-                    parent_id: Some(folder.id.clone()),
-                    path: message_path(&folder_path, &m),
-                    change_key: str_field(&m, "changeKey").map(str::to_string),
-                    size: content.size,
-                    modified: time_field(&m, "lastModifiedDateTime"),
-                    metadata: m,
-                    content: Some(content),
-                }),
+                Ok(content) => draft.items.push(message_item(&folder, m, content)),
                 Err(Error::Graph { source, .. }) if source.status() == Some(404) => {
                     // Deleted between the delta round and the download: the next delta
                     // round reports the removal.
@@ -651,6 +675,21 @@ async fn backup_mail(
     Ok(())
 }
 
+/// A message of `folder` with its stored MIME.
+fn message_item(folder: &Folder, m: Value, content: ContentRef) -> Item {
+    Item {
+        kind: kind::MESSAGE.into(),
+        id: str_field(&m, "id").unwrap_or_default().to_string(),
+        parent_id: Some(folder.id.clone()),
+        path: message_path(&folder.path, &m),
+        change_key: str_field(&m, "changeKey").map(str::to_string),
+        size: content.size,
+        modified: time_field(&m, "lastModifiedDateTime"),
+        metadata: m,
+        content: Some(content),
+    }
+}
+
 fn message_path(folder_path: &str, m: &Value) -> String {
     let subject = str_field(m, "subject").unwrap_or("");
     let subject = if subject.is_empty() {
@@ -669,7 +708,7 @@ async fn fetch_mime(
     writer: &BackupWriter,
     uid: &str,
     message_id: &str,
-) -> Result<m365bk_store::ContentRef> {
+) -> Result<ContentRef> {
     let what = format!("downloading MIME of message {message_id}");
     let download = graph
         .download(&format!(

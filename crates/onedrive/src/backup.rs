@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser};
 use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient};
-use m365bk_store::{BackupWriter, ContentRef, Item, SkippedItem, Snapshot, SnapshotDraft};
+use m365bk_store::{
+    BackupWriter, ContentRef, Item, ItemJournal, SkippedItem, Snapshot, SnapshotDraft, StoredItem,
+};
 use serde_json::{json, Value};
 
 use crate::{kind, Error, Result};
@@ -20,6 +22,10 @@ pub struct BackupOptions {
     /// Where delta pages are saved as they arrive, so a killed backup resumes its enumeration
     /// from the last page (collection `drive:{drive id}`); `None` keeps them in memory only.
     pub journal: Option<std::sync::Arc<dyn DeltaJournal>>,
+    /// Where each file's content is recorded once stored (collection `drive:{drive id}`, the
+    /// file's `cTag`), so a killed backup, resumed, reuses what the repository already holds
+    /// instead of downloading it again; `None` records nothing.
+    pub stored: Option<ItemJournal>,
 }
 
 impl Default for BackupOptions {
@@ -28,6 +34,7 @@ impl Default for BackupOptions {
             page_size: 200,
             concurrency: 4,
             journal: None,
+            stored: None,
         }
     }
 }
@@ -128,6 +135,16 @@ pub async fn backup_drive(
         .and_then(Value::as_str)
         .map(str::to_string);
 
+    // Content a killed run of this backup stored: reused like the parent's.
+    let collection = format!("drive:{drive_id}");
+    let stored: HashMap<String, StoredItem> = match &opts.stored {
+        Some(journal) => journal.load(&collection).map_err(Error::store(format!(
+            "reading the files stored by an interrupted backup of {}",
+            user.user_principal_name
+        )))?,
+        None => HashMap::new(),
+    };
+
     let initial = format!("/drives/{did}/root/delta");
     let (mut nodes, mut root_id, mut walker) = match &previous_link {
         Some(link) => (
@@ -143,7 +160,7 @@ pub async fn backup_drive(
     };
     if let Some(journal) = &opts.journal {
         walker = walker
-            .with_journal(journal.clone(), format!("drive:{drive_id}"))
+            .with_journal(journal.clone(), collection.clone())
             .map_err(Error::graph(format!(
                 "reading the saved delta progress of {}",
                 user.user_principal_name
@@ -196,16 +213,22 @@ pub async fn backup_drive(
             let is_folder = it.get("folder").is_some()
                 || it.get("package").is_some() && it.get("file").is_none();
             let c_tag = str_field(&it, "cTag").map(str::to_string);
+            // Unchanged content (same cTag) is reused when every blob is stored: from the
+            // tree so far or the parent snapshot, else from an interrupted run of this backup.
             let known = nodes.get(&id).or_else(|| parent_nodes.get(&id));
-            let content = match known {
-                Some(n)
-                    if !is_folder
-                        && n.c_tag.is_some()
-                        && n.c_tag == c_tag
-                        && n.content.as_ref().is_some_and(|c| writer.contains(c)) =>
-                {
-                    n.content.clone()
-                }
+            let content = match c_tag.as_deref() {
+                Some(tag) if !is_folder => known
+                    .filter(|n| n.c_tag.as_deref() == Some(tag))
+                    .and_then(|n| n.content.as_ref())
+                    .into_iter()
+                    .chain(
+                        stored
+                            .get(&id)
+                            .filter(|s| s.version == tag)
+                            .map(|s| &s.content),
+                    )
+                    .find(|c| writer.contains(c))
+                    .cloned(),
                 _ => None,
             };
             if !is_folder && content.is_none() {
@@ -249,6 +272,19 @@ pub async fn backup_drive(
     let fetched: Vec<(String, String, Result<ContentRef>)> = futures::stream::iter(to_fetch)
         .map(|(id, path)| async {
             let r = fetch_content(graph, writer, &did, &id).await;
+            if let (Ok(content), Some(journal), Some(tag)) =
+                (&r, &opts.stored, nodes[&id].c_tag.as_ref())
+            {
+                let entry = StoredItem {
+                    item_id: id.clone(),
+                    kind: kind::FILE.into(),
+                    version: tag.clone(),
+                    content: content.clone(),
+                };
+                if let Err(e) = journal.record(&collection, &entry) {
+                    tracing::warn!(path = %path, error = %e, "file stored, but not recorded for a resumed backup");
+                }
+            }
             (id, path, r)
         })
         .buffer_unordered(opts.concurrency.max(1))
