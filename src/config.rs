@@ -65,6 +65,10 @@ pub struct ThrottlingSection {
     pub sharepoint_resource_units_per_day: u32,
     /// Requests per second per team (Microsoft: 4).
     pub teams_requests_per_second: u32,
+    /// Bytes uploaded to a mailbox per upload window (Microsoft: 150 MB per 5 minutes).
+    pub outlook_upload_bytes_per_window: u64,
+    /// The Outlook upload window in seconds (Microsoft: 300).
+    pub outlook_upload_window_secs: u64,
 }
 
 impl Default for ThrottlingSection {
@@ -77,6 +81,8 @@ impl Default for ThrottlingSection {
             sharepoint_resource_units_per_minute: d.sharepoint_resource_units_per_minute,
             sharepoint_resource_units_per_day: d.sharepoint_resource_units_per_day,
             teams_requests_per_second: d.teams_requests_per_second,
+            outlook_upload_bytes_per_window: d.outlook_upload_bytes_per_window,
+            outlook_upload_window_secs: d.outlook_upload_window.as_secs(),
         }
     }
 }
@@ -341,6 +347,12 @@ impl Settings {
                     .into(),
             ));
         }
+        if file.throttling.outlook_upload_window_secs == 0 {
+            return Err(invalid(
+                "throttling.outlook_upload_window_secs = 0 must be at least 1 (Microsoft's window is 300)"
+                    .into(),
+            ));
+        }
         if file.backup.parallel_resources == 0 || file.backup.parallel_resources > 64 {
             return Err(invalid(format!(
                 "backup.parallel_resources = {} must be between 1 and 64",
@@ -431,6 +443,10 @@ impl Settings {
                     .throttling
                     .sharepoint_resource_units_per_day,
                 teams_requests_per_second: file.throttling.teams_requests_per_second,
+                outlook_upload_bytes_per_window: file.throttling.outlook_upload_bytes_per_window,
+                outlook_upload_window: std::time::Duration::from_secs(
+                    file.throttling.outlook_upload_window_secs,
+                ),
             },
         })
     }
@@ -776,6 +792,20 @@ url = "repo"
         .unwrap_err()
         .to_string();
         assert!(e.contains("outlook_concurrency"), "{e}");
+
+        // The Outlook upload budget: Microsoft's 150 MB per 5 minutes unless set.
+        assert_eq!(s.throttle.outlook_upload_bytes_per_window, 150_000_000);
+        assert_eq!(s.throttle.outlook_upload_window.as_secs(), 300);
+        let text = format!(
+            "{GOOD}\n[throttling]\noutlook_upload_bytes_per_window = 0\noutlook_upload_window_secs = 60\n"
+        );
+        let s = Settings::parse(Path::new("/cfg/m365bk.toml"), &text).unwrap();
+        assert_eq!(s.throttle.outlook_upload_bytes_per_window, 0);
+        assert_eq!(s.throttle.outlook_upload_window.as_secs(), 60);
+        let e = Settings::parse(Path::new("c.toml"), &text.replace("= 60", "= 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outlook_upload_window_secs = 0"), "{e}");
     }
 
     #[test]

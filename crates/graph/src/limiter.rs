@@ -54,6 +54,12 @@ pub struct ThrottleOptions {
     pub sharepoint_resource_units_per_day: u32,
     /// Requests per second per team (Microsoft: 4).
     pub teams_requests_per_second: u32,
+    /// Bytes uploaded (request bodies of POST, PUT and PATCH) per
+    /// [`ThrottleOptions::outlook_upload_window`] per mailbox (Microsoft: 150 MB per 5 minutes,
+    /// [`OUTLOOK_UPLOAD_BYTES_PER_WINDOW`]).
+    pub outlook_upload_bytes_per_window: u64,
+    /// The Outlook upload window (Microsoft: 5 minutes).
+    pub outlook_upload_window: Duration,
 }
 
 impl Default for ThrottleOptions {
@@ -65,6 +71,8 @@ impl Default for ThrottleOptions {
             sharepoint_resource_units_per_minute: 1_250,
             sharepoint_resource_units_per_day: 1_200_000,
             teams_requests_per_second: 4,
+            outlook_upload_bytes_per_window: OUTLOOK_UPLOAD_BYTES_PER_WINDOW,
+            outlook_upload_window: OUTLOOK_UPLOAD_WINDOW,
         }
     }
 }
@@ -79,6 +87,8 @@ impl ThrottleOptions {
             sharepoint_resource_units_per_minute: 0,
             sharepoint_resource_units_per_day: 0,
             teams_requests_per_second: 0,
+            outlook_upload_bytes_per_window: 0,
+            outlook_upload_window: OUTLOOK_UPLOAD_WINDOW,
         }
     }
 }
@@ -88,8 +98,7 @@ impl ThrottleOptions {
 /// so that the client stays under the service whichever unit it counts in
 /// (<https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits>).
 ///
-/// Not a [`ThrottleOptions`] field (yet): it applies whenever the Outlook request-rate limit
-/// does (`outlook_requests_per_window > 0`) and is off with it.
+/// The default of [`ThrottleOptions::outlook_upload_bytes_per_window`].
 pub const OUTLOOK_UPLOAD_BYTES_PER_WINDOW: u64 = 150 * 1000 * 1000;
 
 /// The window of [`OUTLOOK_UPLOAD_BYTES_PER_WINDOW`]: 5 minutes.
@@ -459,20 +468,8 @@ const MARGIN: Duration = Duration::from_millis(500);
 
 impl Limiter {
     pub(crate) fn new(opts: ThrottleOptions) -> Self {
-        let upload_bytes = if opts.outlook_requests_per_window > 0 {
-            OUTLOOK_UPLOAD_BYTES_PER_WINDOW
-        } else {
-            0
-        };
-        Self::with_outlook_uploads(opts, upload_bytes, OUTLOOK_UPLOAD_WINDOW)
-    }
-
-    /// [`Limiter::new`] with another Outlook upload budget (0 is off): scaled down in tests.
-    pub(crate) fn with_outlook_uploads(
-        opts: ThrottleOptions,
-        upload_bytes: u64,
-        upload_window: Duration,
-    ) -> Self {
+        let upload_bytes = opts.outlook_upload_bytes_per_window;
+        let upload_window = opts.outlook_upload_window;
         let sharepoint = Gate::new(vec![
             (
                 Window::new(Duration::from_secs(60), 60, MARGIN),
@@ -835,11 +832,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn outlook_upload_bytes_per_mailbox_window() {
-        let l = Limiter::with_outlook_uploads(
-            ThrottleOptions::default(),
-            10_000,
-            Duration::from_secs(10),
-        );
+        let l = Limiter::new(ThrottleOptions {
+            outlook_upload_bytes_per_window: 10_000,
+            outlook_upload_window: Duration::from_secs(10),
+            ..ThrottleOptions::default()
+        });
         let up = |m: &str, n: u64| outlook(m).with_upload("POST", n);
         let t0 = Instant::now();
         drop(l.admit(&up("a", 6_000)).await);
@@ -867,7 +864,7 @@ mod tests {
         );
         drop(l.admit(&up("c", 1)).await);
         assert!(Instant::now() - t1 >= Duration::from_secs(10));
-        // Microsoft's budget by default, off with the Outlook request-rate limit.
+        // Microsoft's budget by default, off in the unlimited options.
         assert_eq!(
             Limiter::new(ThrottleOptions::default()).outlook_upload_bytes,
             150_000_000
