@@ -593,27 +593,47 @@ async fn backup_mail(
         // blob is stored: from the parent snapshot (after a lost sync state forced a full
         // enumeration), else from an interrupted run of this backup.
         let mut to_fetch = Vec::new();
+        let mut from_journal = Vec::new();
         for m in changed {
             let id = str_field(&m, "id").unwrap_or_default();
-            let reusable = match str_field(&m, "changeKey") {
-                Some(ck) => parent_by_id
-                    .get(id)
-                    .filter(|p| p.change_key.as_deref() == Some(ck))
-                    .and_then(|p| p.content.as_ref())
-                    .into_iter()
-                    .chain(
-                        stored
-                            .get(id)
-                            .filter(|s| s.version == ck)
-                            .map(|s| &s.content),
-                    )
-                    .find(|c| writer.contains(c))
-                    .cloned(),
-                None => None,
+            let Some(ck) = str_field(&m, "changeKey") else {
+                to_fetch.push(m);
+                continue;
             };
-            match reusable {
-                Some(content) => draft.items.push(message_item(&folder, m, content)),
-                None => to_fetch.push(m),
+            let unchanged = parent_by_id
+                .get(id)
+                .filter(|p| p.change_key.as_deref() == Some(ck))
+                .and_then(|p| p.content.as_ref())
+                .filter(|c| writer.contains(c));
+            let journaled = stored
+                .get(id)
+                .filter(|s| s.version == ck)
+                .map(|s| &s.content)
+                .filter(|c| writer.contains(c));
+            match (unchanged, journaled) {
+                (Some(content), _) => {
+                    let content = content.clone();
+                    draft.items.push(message_item(&folder, m, content));
+                }
+                (None, Some(content)) => {
+                    let content = content.clone();
+                    from_journal.push((m, content));
+                }
+                (None, None) => to_fetch.push(m),
+            }
+        }
+        // Journaled messages may come from saved pages older than the mailbox: each must still
+        // be there with the same changeKey, else it is downloaded (or dropped, if gone).
+        if !from_journal.is_empty() {
+            let checked = confirm_versions(graph, uid, &from_journal).await;
+            for ((m, content), version) in from_journal.into_iter().zip(checked) {
+                match version {
+                    Version::Unchanged => draft.items.push(message_item(&folder, m, content)),
+                    Version::Gone => {
+                        tracing::debug!(message = %str_field(&m, "id").unwrap_or_default(), "message stored by an interrupted backup is gone");
+                    }
+                    Version::Unknown => to_fetch.push(m),
+                }
             }
         }
         let folder_path = folder.path.clone();
@@ -673,6 +693,63 @@ async fn backup_mail(
     }
     draft.state.insert("mail".into(), Value::Object(links));
     Ok(())
+}
+
+/// What the mailbox says about a message version an interrupted backup stored.
+#[derive(Debug, PartialEq)]
+enum Version {
+    /// Still there with the same `changeKey`.
+    Unchanged,
+    /// 404: deleted (or moved to another folder) since.
+    Gone,
+    /// Changed, or the check failed: download it.
+    Unknown,
+}
+
+/// Reads the current `changeKey` of each message in JSON batches
+/// (`GET /users/{id}/messages/{id}?$select=id,changeKey`,
+/// https://learn.microsoft.com/graph/json-batching) and compares it with the one reported by
+/// the delta round; in `messages` order. A failed batch leaves its messages
+/// [`Version::Unknown`].
+async fn confirm_versions(
+    graph: &GraphClient,
+    uid: &str,
+    messages: &[(Value, ContentRef)],
+) -> Vec<Version> {
+    let requests = messages
+        .iter()
+        .enumerate()
+        .map(|(n, (m, _))| {
+            let id = str_field(m, "id").unwrap_or_default();
+            BatchRequest::get(
+                n.to_string(),
+                format!(
+                    "/users/{uid}/messages/{}?$select=id,changeKey",
+                    encode_segment(id)
+                ),
+            )
+        })
+        .collect();
+    let answers = match graph.batch(requests).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot confirm the messages an interrupted backup stored: downloading them again");
+            return messages.iter().map(|_| Version::Unknown).collect();
+        }
+    };
+    messages
+        .iter()
+        .zip(answers)
+        .map(|((m, _), answer)| match answer.status {
+            404 => Version::Gone,
+            _ => match answer.json::<Value>() {
+                Ok(v) if str_field(&v, "changeKey") == str_field(m, "changeKey") => {
+                    Version::Unchanged
+                }
+                _ => Version::Unknown,
+            },
+        })
+        .collect()
 }
 
 /// A message of `folder` with its stored MIME.

@@ -1,10 +1,10 @@
 //! Drive backup through driveItem delta.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser};
-use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient};
+use m365bk_graph::{is_removed, BatchRequest, DeltaJournal, DeltaStart, GraphClient};
 use m365bk_store::{
     BackupWriter, ContentRef, Item, ItemJournal, SkippedItem, Snapshot, SnapshotDraft, StoredItem,
 };
@@ -169,6 +169,8 @@ pub async fn backup_drive(
     let mut delta_link = None;
     // Files whose content must be downloaded: id → (json).
     let mut dirty: HashMap<String, Value> = HashMap::new();
+    // Files whose content comes from the journal of an interrupted run: confirmed below.
+    let mut from_journal: HashSet<String> = HashSet::new();
     let mut restarts = 0;
     loop {
         let page = match walker.next_page().await {
@@ -179,6 +181,7 @@ pub async fn backup_drive(
                 restarts += 1;
                 nodes.clear();
                 dirty.clear();
+                from_journal.clear();
                 root_id = None;
                 delta_link = None;
                 // From the 410's Location (driveItem delta sends one), else from the start.
@@ -196,6 +199,7 @@ pub async fn backup_drive(
             let Some(id) = str_field(&it, "id").map(str::to_string) else {
                 continue;
             };
+            from_journal.remove(&id);
             if is_removed(&it) {
                 nodes.remove(&id);
                 dirty.remove(&id);
@@ -217,18 +221,21 @@ pub async fn backup_drive(
             // tree so far or the parent snapshot, else from an interrupted run of this backup.
             let known = nodes.get(&id).or_else(|| parent_nodes.get(&id));
             let content = match c_tag.as_deref() {
-                Some(tag) if !is_folder => known
-                    .filter(|n| n.c_tag.as_deref() == Some(tag))
-                    .and_then(|n| n.content.as_ref())
-                    .into_iter()
-                    .chain(
-                        stored
-                            .get(&id)
-                            .filter(|s| s.version == tag)
-                            .map(|s| &s.content),
-                    )
-                    .find(|c| writer.contains(c))
-                    .cloned(),
+                Some(tag) if !is_folder => {
+                    let unchanged = known
+                        .filter(|n| n.c_tag.as_deref() == Some(tag))
+                        .and_then(|n| n.content.as_ref())
+                        .filter(|c| writer.contains(c));
+                    let journaled = stored
+                        .get(&id)
+                        .filter(|s| s.version == tag)
+                        .map(|s| &s.content)
+                        .filter(|c| writer.contains(c));
+                    if unchanged.is_none() && journaled.is_some() {
+                        from_journal.insert(id.clone());
+                    }
+                    unchanged.or(journaled).cloned()
+                }
                 _ => None,
             };
             if !is_folder && content.is_none() {
@@ -253,6 +260,31 @@ pub async fn backup_drive(
         }
         if page.delta_link.is_some() {
             delta_link = page.delta_link;
+        }
+    }
+
+    // Journaled files may come from saved pages older than the drive: each must still be
+    // there with the same cTag, else it is downloaded (or dropped, if gone).
+    if !from_journal.is_empty() {
+        let versions = from_journal
+            .iter()
+            .filter_map(|id| Some((id.clone(), nodes.get(id)?.c_tag.clone()?)))
+            .collect();
+        let checked = confirm_versions(graph, &did, versions).await;
+        for id in from_journal {
+            match checked.get(&id) {
+                Some(Version::Unchanged) => {}
+                Some(Version::Gone) => {
+                    tracing::debug!(item = %id, "file stored by an interrupted backup is gone");
+                    nodes.remove(&id);
+                }
+                _ => {
+                    if let Some(node) = nodes.get_mut(&id) {
+                        node.content = None;
+                        dirty.insert(id, node.json.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -390,6 +422,58 @@ fn resolve_paths(nodes: &HashMap<String, Node>, root: Option<&str>) -> HashMap<S
         }
     }
     out
+}
+
+/// What the drive says about a file version an interrupted backup stored.
+#[derive(Debug, PartialEq)]
+enum Version {
+    /// Still there with the same `cTag`.
+    Unchanged,
+    /// 404: deleted since.
+    Gone,
+    /// Changed, or the check failed: download it.
+    Unknown,
+}
+
+/// Reads the current `cTag` of each `(item id, cTag)` in JSON batches
+/// (`GET /drives/{id}/items/{id}?$select=id,cTag`, https://learn.microsoft.com/graph/json-batching)
+/// and compares. A failed batch leaves its files [`Version::Unknown`].
+async fn confirm_versions(
+    graph: &GraphClient,
+    did: &str,
+    versions: Vec<(String, String)>,
+) -> HashMap<String, Version> {
+    let requests = versions
+        .iter()
+        .enumerate()
+        .map(|(n, (id, _))| {
+            BatchRequest::get(
+                n.to_string(),
+                format!("/drives/{did}/items/{}?$select=id,cTag", encode_segment(id)),
+            )
+        })
+        .collect();
+    let answers = match graph.batch(requests).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot confirm the files an interrupted backup stored: downloading them again");
+            return HashMap::new();
+        }
+    };
+    versions
+        .into_iter()
+        .zip(answers)
+        .map(|((id, tag), answer)| {
+            let version = match answer.status {
+                404 => Version::Gone,
+                _ => match answer.json::<Value>() {
+                    Ok(v) if str_field(&v, "cTag") == Some(tag.as_str()) => Version::Unchanged,
+                    _ => Version::Unknown,
+                },
+            };
+            (id, version)
+        })
+        .collect()
 }
 
 /// Streams a file's content (`GET /drives/{id}/items/{id}/content`, 302 to a
