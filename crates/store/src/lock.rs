@@ -29,6 +29,7 @@
 //!   safe while clocks differ by less than the time a lock still has left when it is refreshed
 //!   (`ttl - ttl/6`, 25 minutes by default), minus the time one refresh takes.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -206,6 +207,8 @@ struct HeldLock {
     ttl: Duration,
     /// The current lock object's name and content.
     current: Mutex<(String, LockInfo)>,
+    /// Set when the holder releases or drops the lock: a [`LockCheck`] then fails.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RepoLock {
@@ -292,6 +295,7 @@ impl RepoLock {
             repo,
             ttl,
             current: Mutex::new((name, info)),
+            released: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let refresher = tokio::spawn(refresh_loop(state.clone(), stop_rx));
@@ -329,6 +333,7 @@ impl RepoLock {
 
     /// Stops refreshing and deletes the lock object.
     pub async fn release(mut self) {
+        self.state.released.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         if let Some(task) = self.refresher.take() {
             let _ = task.await;
@@ -359,7 +364,7 @@ impl HeldLock {
     fn ensure_valid(&self, margin: Duration) -> Result<()> {
         let info = self.current.lock().expect("lock state").1.clone();
         let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::TimeDelta::MAX);
-        if info.expires - margin > Utc::now() {
+        if !self.released.load(Ordering::SeqCst) && info.expires - margin > Utc::now() {
             Ok(())
         } else {
             Err(Error::LockLost {
@@ -377,6 +382,7 @@ impl Drop for RepoLock {
         let Some(task) = self.refresher.take() else {
             return; // released
         };
+        self.state.released.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let state = self.state.clone();
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
