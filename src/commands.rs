@@ -31,23 +31,6 @@ fn lock_options() -> LockOptions {
     LOCK_OPTIONS.get().copied().unwrap_or_default()
 }
 
-/// Overrides the seconds between a backup's index checkpoints (default 60; 0: after every
-/// pack upload). Meant for tests and troubleshooting; a `[backup]` setting may replace it.
-const INDEX_CHECKPOINT_ENV: &str = "M365BK_INDEX_CHECKPOINT_SECS";
-
-/// When backups write index files between commits: [`m365bk_store::IndexCheckpoint::default`], with the
-/// interval from `$M365BK_INDEX_CHECKPOINT_SECS` when set.
-fn index_checkpoint() -> anyhow::Result<m365bk_store::IndexCheckpoint> {
-    let mut checkpoint = m365bk_store::IndexCheckpoint::default();
-    if let Some(value) = std::env::var_os(INDEX_CHECKPOINT_ENV) {
-        let secs: u64 = value.to_str().and_then(|v| v.trim().parse().ok()).with_context(|| {
-            format!("${INDEX_CHECKPOINT_ENV} is {value:?}: give whole seconds, e.g. 60, or unset it")
-        })?;
-        checkpoint.interval = std::time::Duration::from_secs(secs);
-    }
-    Ok(checkpoint)
-}
-
 /// Runs one command; never panics on bad input: every failure becomes a logged error and an
 /// exit code. Repository locks the command dropped are deleted before it returns.
 pub async fn run(opts: Opts) -> ExitCode {
@@ -461,9 +444,8 @@ async fn backup(
         .context("resolving the job's users")?;
     // The shared backup lock before anything is read: a prune that ran before it cannot
     // have deleted what this session deduplicates against.
-    let checkpoint = index_checkpoint()?;
     let writer = repo.begin_backup_with(&lock_options()).await?;
-    writer.set_index_checkpoint(checkpoint);
+    writer.set_index_checkpoint(settings.index_checkpoint);
     let existing = repo.list_snapshots().await?;
     let mut snapshots = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();

@@ -160,15 +160,24 @@ pub struct BackupSection {
     pub concurrency: usize,
     /// Mailboxes or drives backed up at once by one job.
     pub parallel_resources: usize,
+    /// Uploaded packs after which a running backup writes an index file, so a killed backup's
+    /// content is found by the next run (0: only the interval counts).
+    pub index_checkpoint_packs: usize,
+    /// Seconds after the last index file at which one more uploaded pack makes a running
+    /// backup write an index file (0: after every pack).
+    pub index_checkpoint_secs: u64,
 }
 
 impl Default for BackupSection {
     fn default() -> Self {
+        let checkpoint = m365bk_store::IndexCheckpoint::default();
         BackupSection {
             page_size: 100,
             drive_page_size: 200,
             concurrency: 4,
             parallel_resources: 8,
+            index_checkpoint_packs: checkpoint.packs,
+            index_checkpoint_secs: checkpoint.interval.as_secs(),
         }
     }
 }
@@ -245,6 +254,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Resources (mailboxes, drives) backed up at once.
     pub parallel_resources: usize,
+    /// When a running backup writes index files between commits.
+    pub index_checkpoint: m365bk_store::IndexCheckpoint,
     /// Microsoft's throttling limits for the Graph client.
     pub throttle: m365bk_graph::ThrottleOptions,
 }
@@ -432,6 +443,10 @@ impl Settings {
             drive_page_size: file.backup.drive_page_size,
             concurrency: file.backup.concurrency,
             parallel_resources: file.backup.parallel_resources,
+            index_checkpoint: m365bk_store::IndexCheckpoint {
+                packs: file.backup.index_checkpoint_packs,
+                interval: std::time::Duration::from_secs(file.backup.index_checkpoint_secs),
+            },
             throttle: m365bk_graph::ThrottleOptions {
                 outlook_concurrent_requests: file.throttling.outlook_concurrent_requests,
                 outlook_requests_per_window: file.throttling.outlook_requests_per_window,
@@ -779,6 +794,13 @@ url = "repo"
         assert_eq!(s.throttle.outlook_requests_per_window, 10_000);
         assert_eq!(s.throttle.sharepoint_resource_units_per_minute, 1_250);
         assert_eq!(s.parallel_resources, 8);
+        assert_eq!(s.index_checkpoint, m365bk_store::IndexCheckpoint::default());
+        let text =
+            format!("{GOOD}\n[backup]\nindex_checkpoint_packs = 2\nindex_checkpoint_secs = 0\n");
+        let c = Settings::parse(Path::new("/cfg/m365bk.toml"), &text)
+            .unwrap()
+            .index_checkpoint;
+        assert_eq!((c.packs, c.interval.as_secs()), (2, 0));
         let text = format!(
             "{GOOD}\n[throttling]\nsharepoint_resource_units_per_minute = 2500\noutlook_concurrent_requests = 2\n"
         );

@@ -408,7 +408,6 @@ async fn kill_after_index_checkpoints(sim: &Sim, env: &Env, args: &[&str], index
         .args(args)
         .env("M365BK_CLIENT_SECRET", SECRET)
         .env("M365BK_PASSPHRASE", PASSPHRASE)
-        .env("M365BK_INDEX_CHECKPOINT_SECS", "0")
         .env_remove("CREDENTIALS_DIRECTORY")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -447,7 +446,7 @@ async fn killed_drive_backup_does_not_download_again_what_it_indexed() {
     let config = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
-        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\n"),
+        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
     )
     .unwrap();
     env.run(&["init"]).await.ok();
@@ -547,7 +546,7 @@ async fn killed_mailbox_backup_does_not_download_again_what_it_indexed() {
     let config = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
-        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\n"),
+        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
     )
     .unwrap();
     env.run(&["init"]).await.ok();
