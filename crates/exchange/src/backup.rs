@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser, ItemType};
 use m365bk_graph::{
-    is_removed, BatchRequest, BatchResponse, DeltaJournal, DeltaStart, GraphClient,
+    is_removed, BatchRequest, BatchResponse, DeltaJournal, DeltaStart, GraphClient, StoredVersion,
 };
 use m365bk_store::{
     BackupWriter, ContentRef, Item, ItemJournal, SkippedItem, Snapshot, SnapshotDraft, StoredItem,
@@ -625,14 +625,31 @@ async fn backup_mail(
         // Journaled messages may come from saved pages older than the mailbox: each must still
         // be there with the same changeKey, else it is downloaded (or dropped, if gone).
         if !from_journal.is_empty() {
-            let checked = confirm_versions(graph, uid, &from_journal).await;
+            let checks: Vec<(String, String)> = from_journal
+                .iter()
+                .map(|(m, _)| {
+                    let id = encode_segment(str_field(m, "id").unwrap_or_default());
+                    let ck = str_field(m, "changeKey").unwrap_or_default().to_string();
+                    (
+                        format!("/users/{uid}/messages/{id}?$select=id,changeKey"),
+                        ck,
+                    )
+                })
+                .collect();
+            let checked = graph
+                .confirm_versions(&checks, "changeKey")
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot confirm the messages an interrupted backup stored: downloading them again");
+                    vec![StoredVersion::Unknown; checks.len()]
+                });
             for ((m, content), version) in from_journal.into_iter().zip(checked) {
                 match version {
-                    Version::Unchanged => draft.items.push(message_item(&folder, m, content)),
-                    Version::Gone => {
+                    StoredVersion::Unchanged => draft.items.push(message_item(&folder, m, content)),
+                    StoredVersion::Gone => {
                         tracing::debug!(message = %str_field(&m, "id").unwrap_or_default(), "message stored by an interrupted backup is gone");
                     }
-                    Version::Unknown => to_fetch.push(m),
+                    StoredVersion::Unknown => to_fetch.push(m),
                 }
             }
         }
@@ -693,63 +710,6 @@ async fn backup_mail(
     }
     draft.state.insert("mail".into(), Value::Object(links));
     Ok(())
-}
-
-/// What the mailbox says about a message version an interrupted backup stored.
-#[derive(Debug, PartialEq)]
-enum Version {
-    /// Still there with the same `changeKey`.
-    Unchanged,
-    /// 404: deleted (or moved to another folder) since.
-    Gone,
-    /// Changed, or the check failed: download it.
-    Unknown,
-}
-
-/// Reads the current `changeKey` of each message in JSON batches
-/// (`GET /users/{id}/messages/{id}?$select=id,changeKey`,
-/// https://learn.microsoft.com/graph/json-batching) and compares it with the one reported by
-/// the delta round; in `messages` order. A failed batch leaves its messages
-/// [`Version::Unknown`].
-async fn confirm_versions(
-    graph: &GraphClient,
-    uid: &str,
-    messages: &[(Value, ContentRef)],
-) -> Vec<Version> {
-    let requests = messages
-        .iter()
-        .enumerate()
-        .map(|(n, (m, _))| {
-            let id = str_field(m, "id").unwrap_or_default();
-            BatchRequest::get(
-                n.to_string(),
-                format!(
-                    "/users/{uid}/messages/{}?$select=id,changeKey",
-                    encode_segment(id)
-                ),
-            )
-        })
-        .collect();
-    let answers = match graph.batch(requests).await {
-        Ok(answers) => answers,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot confirm the messages an interrupted backup stored: downloading them again");
-            return messages.iter().map(|_| Version::Unknown).collect();
-        }
-    };
-    messages
-        .iter()
-        .zip(answers)
-        .map(|((m, _), answer)| match answer.status {
-            404 => Version::Gone,
-            _ => match answer.json::<Value>() {
-                Ok(v) if str_field(&v, "changeKey") == str_field(m, "changeKey") => {
-                    Version::Unchanged
-                }
-                _ => Version::Unknown,
-            },
-        })
-        .collect()
 }
 
 /// A message of `folder` with its stored MIME.

@@ -25,6 +25,17 @@ use crate::retry::{is_retryable_status, parse_retry_after};
 /// Most requests Microsoft Graph accepts in one JSON batch (more are refused with 400).
 pub const MAX_BATCH_REQUESTS: usize = 20;
 
+/// What Graph says now about an item version stored earlier ([`GraphClient::confirm_versions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredVersion {
+    /// Still there, with the same version field (`changeKey`, `cTag`).
+    Unchanged,
+    /// 404: deleted (or, for a message, moved to another folder) since.
+    Gone,
+    /// Changed, or the read failed: fetch it again.
+    Unknown,
+}
+
 /// One GET of a JSON batch.
 ///
 /// `url` is relative to the Graph version root, as Microsoft requires inside a batch
@@ -306,6 +317,43 @@ impl GraphClient {
         Ok(answers
             .into_iter()
             .map(|a| a.expect("every request was answered"))
+            .collect())
+    }
+
+    /// Compares stored item versions with the current ones: `GET`s each `(url, expected)`
+    /// in JSON batches (`url` relative to the version root, with a `$select` of `id` and
+    /// `field`, e.g. `/users/{id}/messages/{id}?$select=id,changeKey`) and answers, in
+    /// `checks` order, [`StoredVersion::Unchanged`] when the item's `field` equals `expected`,
+    /// [`StoredVersion::Gone`] for a 404, [`StoredVersion::Unknown`] otherwise (changed, or
+    /// an error answer).
+    ///
+    /// See <https://learn.microsoft.com/graph/json-batching>.
+    ///
+    /// # Errors
+    /// As [`GraphClient::batch`] (the whole call failed; callers fetch the items again).
+    pub async fn confirm_versions(
+        &self,
+        checks: &[(String, String)],
+        field: &str,
+    ) -> Result<Vec<StoredVersion>> {
+        let requests = checks
+            .iter()
+            .enumerate()
+            .map(|(n, (url, _))| BatchRequest::get(n.to_string(), url.clone()))
+            .collect();
+        let answers = self.batch(requests).await?;
+        Ok(checks
+            .iter()
+            .zip(answers)
+            .map(|((_, expected), answer)| match answer.status {
+                404 => StoredVersion::Gone,
+                _ => match answer.json::<Value>() {
+                    Ok(v) if v.get(field).and_then(Value::as_str) == Some(expected.as_str()) => {
+                        StoredVersion::Unchanged
+                    }
+                    _ => StoredVersion::Unknown,
+                },
+            })
             .collect())
     }
 

@@ -73,7 +73,7 @@ mod retry;
 mod token;
 mod upload;
 
-pub use batch::{BatchRequest, BatchResponse, MAX_BATCH_REQUESTS};
+pub use batch::{BatchRequest, BatchResponse, StoredVersion, MAX_BATCH_REQUESTS};
 pub use certificate::{
     AssertionAlgorithm, CertificateCredential, ASSERTION_LIFETIME, CLIENT_ASSERTION_TYPE,
 };

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 use m365bk_gate::{encode_segment, AuthorizedJob, DirectoryUser};
-use m365bk_graph::{is_removed, BatchRequest, DeltaJournal, DeltaStart, GraphClient};
+use m365bk_graph::{is_removed, DeltaJournal, DeltaStart, GraphClient, StoredVersion};
 use m365bk_store::{
     BackupWriter, ContentRef, Item, ItemJournal, SkippedItem, Snapshot, SnapshotDraft, StoredItem,
 };
@@ -266,15 +266,31 @@ pub async fn backup_drive(
     // Journaled files may come from saved pages older than the drive: each must still be
     // there with the same cTag, else it is downloaded (or dropped, if gone).
     if !from_journal.is_empty() {
-        let versions = from_journal
+        let ids: Vec<(String, String)> = from_journal
             .iter()
             .filter_map(|id| Some((id.clone(), nodes.get(id)?.c_tag.clone()?)))
             .collect();
-        let checked = confirm_versions(graph, &did, versions).await;
+        let checks: Vec<(String, String)> = ids
+            .iter()
+            .map(|(id, c_tag)| {
+                let url = format!("/drives/{did}/items/{}?$select=id,cTag", encode_segment(id));
+                (url, c_tag.clone())
+            })
+            .collect();
+        let checked: HashMap<String, StoredVersion> = match graph
+            .confirm_versions(&checks, "cTag")
+            .await
+        {
+            Ok(versions) => ids.into_iter().map(|(id, _)| id).zip(versions).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot confirm the files an interrupted backup stored: downloading them again");
+                HashMap::new()
+            }
+        };
         for id in from_journal {
             match checked.get(&id) {
-                Some(Version::Unchanged) => {}
-                Some(Version::Gone) => {
+                Some(StoredVersion::Unchanged) => {}
+                Some(StoredVersion::Gone) => {
                     tracing::debug!(item = %id, "file stored by an interrupted backup is gone");
                     nodes.remove(&id);
                 }
@@ -422,58 +438,6 @@ fn resolve_paths(nodes: &HashMap<String, Node>, root: Option<&str>) -> HashMap<S
         }
     }
     out
-}
-
-/// What the drive says about a file version an interrupted backup stored.
-#[derive(Debug, PartialEq)]
-enum Version {
-    /// Still there with the same `cTag`.
-    Unchanged,
-    /// 404: deleted since.
-    Gone,
-    /// Changed, or the check failed: download it.
-    Unknown,
-}
-
-/// Reads the current `cTag` of each `(item id, cTag)` in JSON batches
-/// (`GET /drives/{id}/items/{id}?$select=id,cTag`, https://learn.microsoft.com/graph/json-batching)
-/// and compares. A failed batch leaves its files [`Version::Unknown`].
-async fn confirm_versions(
-    graph: &GraphClient,
-    did: &str,
-    versions: Vec<(String, String)>,
-) -> HashMap<String, Version> {
-    let requests = versions
-        .iter()
-        .enumerate()
-        .map(|(n, (id, _))| {
-            BatchRequest::get(
-                n.to_string(),
-                format!("/drives/{did}/items/{}?$select=id,cTag", encode_segment(id)),
-            )
-        })
-        .collect();
-    let answers = match graph.batch(requests).await {
-        Ok(answers) => answers,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot confirm the files an interrupted backup stored: downloading them again");
-            return HashMap::new();
-        }
-    };
-    versions
-        .into_iter()
-        .zip(answers)
-        .map(|((id, tag), answer)| {
-            let version = match answer.status {
-                404 => Version::Gone,
-                _ => match answer.json::<Value>() {
-                    Ok(v) if str_field(&v, "cTag") == Some(tag.as_str()) => Version::Unchanged,
-                    _ => Version::Unknown,
-                },
-            };
-            (id, version)
-        })
-        .collect()
 }
 
 /// Streams a file's content (`GET /drives/{id}/items/{id}/content`, 302 to a
