@@ -243,6 +243,12 @@ pub struct ForgetArgs {
     /// Show what would be forgotten; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Then prune, as `m365bk prune` (with `--dry-run`: what prune would free).
+    #[arg(long)]
+    pub prune: bool,
+    /// With `--prune`: as `m365bk prune --max-unused`.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50.0, value_parser = parse_percent, requires = "prune")]
+    pub max_unused: f64,
 }
 
 /// `m365bk prune`.

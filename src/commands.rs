@@ -1106,8 +1106,23 @@ async fn forget(
             tracing::warn!(error = %e, "snapshots forgotten, but the catalog could not be updated: run `m365bk repair catalog`");
         }
     }
+    let pruned = if args.prune {
+        let opts = PruneOptions {
+            max_unused_percent: args.max_unused,
+            dry_run: args.dry_run,
+        };
+        Some(repo.prune(&opts, &lock_options()).await?)
+    } else {
+        None
+    };
     if json_out {
-        println!("{}", serde_json::to_string(&report)?);
+        match &pruned {
+            None => println!("{}", serde_json::to_string(&report)?),
+            Some(p) => println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({ "forget": report, "prune": p }))?
+            ),
+        }
         return Ok(ExitCode::Success);
     }
     for g in &report.plan.groups {
@@ -1141,13 +1156,18 @@ async fn forget(
         }
     }
     let total = report.plan.to_remove().len();
-    if args.dry_run {
-        println!("dry run: {total} snapshot(s) would be forgotten; nothing was deleted");
-    } else {
-        println!(
+    match (&pruned, args.dry_run) {
+        (_, true) => {
+            println!("dry run: {total} snapshot(s) would be forgotten; nothing was deleted")
+        }
+        (None, false) => println!(
             "{} snapshot(s) forgotten; run `m365bk prune` to free their data",
             report.removed
-        );
+        ),
+        (Some(_), false) => println!("{} snapshot(s) forgotten", report.removed),
+    }
+    if let Some(p) = &pruned {
+        print_prune(p);
     }
     Ok(ExitCode::Success)
 }
@@ -1163,6 +1183,12 @@ async fn prune(settings: &Settings, args: &PruneArgs, json_out: bool) -> anyhow:
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::Success);
     }
+    print_prune(&report);
+    Ok(ExitCode::Success)
+}
+
+/// A prune report for people: what was (or would be) deleted, repacked and freed.
+fn print_prune(report: &m365bk_store::PruneReport) {
     let verb = if report.dry_run {
         "would free"
     } else {
@@ -1192,5 +1218,4 @@ async fn prune(settings: &Settings, args: &PruneArgs, json_out: bool) -> anyhow:
             ""
         }
     );
-    Ok(ExitCode::Success)
 }

@@ -131,19 +131,11 @@ async fn assert_restores(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
-    let corpus = corpus(true);
-    let users = corpus_users(&corpus);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
-    let env = Env::new(&sim.base);
-    env.run(&["init"]).await.ok();
-    let u0 = users[0].clone();
-
-    // 1. A drive backup that includes a 3 MB file, which is then deleted at the source; a
-    //    second backup without it; forget the first: the file's blobs become garbage that
-    //    sits in a pack with blobs still in use.
+/// Backs up every user's drive (tagged `first`) with a 3 MB incompressible file in the first
+/// user's drive, deletes the file at the source, and backs up again. Returns the tenant's
+/// files as of the second backup.
+async fn two_drive_backups_around_a_deleted_file(sim: &Sim, env: &Env, users: &[String]) -> Truth {
+    let u0 = &users[0];
     sim.admin(
         Method::PUT,
         &format!("users/{u0}/drive/Scratch/big.bin"),
@@ -166,10 +158,67 @@ async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
         Vec::new(),
     )
     .await;
-    let truth_second = truth(&sim, &users).await;
+    let truth_second = truth(sim, users).await;
     env.run(&["backup", "--service", "onedrive", "--all-users"])
         .await
         .ok();
+    truth_second
+}
+
+/// `forget --prune` forgets and then frees the forgotten data in one run: the deleted 3 MB
+/// file's blobs are repacked away (`--max-unused 0`), and what is left checks clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_with_prune_frees_the_forgotten_data_in_one_run() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    two_drive_backups_around_a_deleted_file(&sim, &env, &users).await;
+    let before = env.repo_bytes();
+
+    let r = env
+        .run(&["forget", "--keep-last", "1", "--max-unused", "0"])
+        .await;
+    assert_eq!(r.code, 2, "--max-unused needs --prune: {}", r.stderr);
+    let out = env
+        .run(&[
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--max-unused",
+            "0",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(out["forget"]["removed"], users.len(), "{out}");
+    assert_eq!(out["prune"]["snapshots"], users.len(), "{out}");
+    assert!(
+        out["prune"]["bytes_freed"].as_u64().unwrap() >= 3_000_000,
+        "the deleted file's 3 MB: {out}"
+    );
+    assert!(env.repo_bytes() + 3_000_000 <= before, "{out}");
+    env.run(&["check", "--read-data"]).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    let u0 = users[0].clone();
+
+    // 1. A drive backup that includes a 3 MB file, which is then deleted at the source; a
+    //    second backup without it; forget the first: the file's blobs become garbage that
+    //    sits in a pack with blobs still in use.
+    let truth_second = two_drive_backups_around_a_deleted_file(&sim, &env, &users).await;
     let dry = env
         .run(&["--json", "forget", "--keep-last", "1", "--dry-run"])
         .await
