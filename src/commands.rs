@@ -1066,8 +1066,10 @@ async fn repair_catalog(settings: &Settings) -> anyhow::Result<ExitCode> {
     let catalog = open_catalog(settings)?;
     let stats = catalog.rebuild(&repo).await?;
     println!(
-        "catalog {} rebuilt from the repository: {stats:?}",
-        settings.catalog.display()
+        "catalog {} rebuilt from the repository: {} snapshot(s) recorded, {} dropped",
+        settings.catalog.display(),
+        stats.added,
+        stats.removed
     );
     Ok(ExitCode::Success)
 }
@@ -1107,9 +1109,16 @@ async fn forget(
         }
     }
     let pruned = if args.prune {
+        // A dry run forgot nothing: prune's dry run counts the planned snapshots as gone, so
+        // it predicts what the real `forget --prune` frees.
         let opts = PruneOptions {
             max_unused_percent: args.max_unused,
             dry_run: args.dry_run,
+            assume_forgotten: if args.dry_run {
+                report.plan.to_remove()
+            } else {
+                Vec::new()
+            },
         };
         Some(repo.prune(&opts, &lock_options()).await?)
     } else {
@@ -1177,6 +1186,7 @@ async fn prune(settings: &Settings, args: &PruneArgs, json_out: bool) -> anyhow:
     let opts = PruneOptions {
         max_unused_percent: args.max_unused,
         dry_run: args.dry_run,
+        ..PruneOptions::default()
     };
     let report = repo.prune(&opts, &lock_options()).await?;
     if json_out {
@@ -1194,19 +1204,33 @@ fn print_prune(report: &m365bk_store::PruneReport) {
     } else {
         "freed"
     };
-    println!(
-        "{} snapshot(s) use {} blob(s); {} blob(s) unused. Packs: {} kept, {} deleted, {} repacked into {}, {} unindexed deleted; index files: {} written, {} deleted",
-        report.snapshots,
-        report.blobs_used,
-        report.blobs_unused,
-        report.packs_kept,
-        report.packs_deleted,
-        report.packs_repacked,
-        report.packs_written,
-        report.unindexed_packs_deleted,
-        report.index_files_written,
-        report.index_files_deleted
-    );
+    if report.dry_run {
+        // Nothing was written, so there are no new packs or index files to count.
+        println!(
+            "{} snapshot(s) use {} blob(s); {} blob(s) unused. Packs: {} kept, {} would be deleted, {} repacked, {} unindexed would be deleted (sizes estimated: new pack and index headers are not counted)",
+            report.snapshots,
+            report.blobs_used,
+            report.blobs_unused,
+            report.packs_kept,
+            report.packs_deleted,
+            report.packs_repacked,
+            report.unindexed_packs_deleted,
+        );
+    } else {
+        println!(
+            "{} snapshot(s) use {} blob(s); {} blob(s) unused. Packs: {} kept, {} deleted, {} repacked into {}, {} unindexed deleted; index files: {} written, {} deleted",
+            report.snapshots,
+            report.blobs_used,
+            report.blobs_unused,
+            report.packs_kept,
+            report.packs_deleted,
+            report.packs_repacked,
+            report.packs_written,
+            report.unindexed_packs_deleted,
+            report.index_files_written,
+            report.index_files_deleted
+        );
+    }
     println!(
         "{verb} {} bytes: {} → {} bytes of packs and index files{}",
         report.bytes_freed,

@@ -43,6 +43,9 @@ pub struct ConfigFile {
     pub throttling: ThrottlingSection,
 }
 
+/// Longest throttling window accepted, in seconds (Microsoft's are 5 and 10 minutes).
+const MAX_WINDOW_SECS: u64 = 24 * 3600;
+
 /// `[throttling]`: Microsoft's per-workload limits, kept on the client side (requests wait for
 /// their budget instead of being answered 429). Defaults are Microsoft's published limits for
 /// a tenant of up to 1,000 licences; raise the SharePoint budgets for bigger tenants
@@ -352,17 +355,31 @@ impl Settings {
                 file.backup.concurrency
             )));
         }
-        if file.throttling.outlook_window_secs == 0 {
-            return Err(invalid(
-                "throttling.outlook_window_secs = 0 must be at least 1 (Microsoft's window is 600)"
-                    .into(),
-            ));
+        for (key, secs, microsoft) in [
+            (
+                "outlook_window_secs",
+                file.throttling.outlook_window_secs,
+                600,
+            ),
+            (
+                "outlook_upload_window_secs",
+                file.throttling.outlook_upload_window_secs,
+                300,
+            ),
+        ] {
+            if !(1..=MAX_WINDOW_SECS).contains(&secs) {
+                return Err(invalid(format!(
+                    "throttling.{key} = {secs} must be between 1 and {MAX_WINDOW_SECS} (a day); Microsoft's window is {microsoft}"
+                )));
+            }
         }
-        if file.throttling.outlook_upload_window_secs == 0 {
-            return Err(invalid(
-                "throttling.outlook_upload_window_secs = 0 must be at least 1 (Microsoft's window is 300)"
-                    .into(),
-            ));
+        let upload = file.throttling.outlook_upload_bytes_per_window;
+        if upload != 0 && upload < m365bk_graph::MAX_REQUEST_BODY {
+            return Err(invalid(format!(
+                "throttling.outlook_upload_bytes_per_window = {upload} is smaller than one Graph request may carry ({} bytes), so a restore would wait a whole window for every message: give 0 (off) or at least {}; Microsoft's budget is 150000000",
+                m365bk_graph::MAX_REQUEST_BODY,
+                m365bk_graph::MAX_REQUEST_BODY
+            )));
         }
         if file.backup.parallel_resources == 0 || file.backup.parallel_resources > 64 {
             return Err(invalid(format!(
@@ -828,6 +845,25 @@ url = "repo"
             .unwrap_err()
             .to_string();
         assert!(e.contains("outlook_upload_window_secs = 0"), "{e}");
+        // A window so long that the deadline overflows, and a budget smaller than one request
+        // (a restore would wait a window per message), are refused too.
+        let e = Settings::parse(
+            Path::new("c.toml"),
+            &text.replace("= 60", "= 18446744073709551615"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("between 1 and 86400"), "{e}");
+        let e = Settings::parse(
+            Path::new("c.toml"),
+            &text.replace(
+                "outlook_upload_bytes_per_window = 0",
+                "outlook_upload_bytes_per_window = 1",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least 4194304"), "{e}");
     }
 
     #[test]

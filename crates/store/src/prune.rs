@@ -48,7 +48,7 @@ const PACKS_PER_INDEX_FILE: usize = 2048;
 const DELETE_CONCURRENCY: usize = 8;
 
 /// How to prune.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneOptions {
     /// Repack a pack when more than this share of its bytes (0–100) belongs to unused blobs.
     /// 0 repacks every pack with any unused blob; 100 never repacks (only wholly unused packs
@@ -56,11 +56,16 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// Only compute and report; write and delete nothing.
     pub dry_run: bool,
+    /// Dry runs only: count these snapshots as already forgotten, to predict what a prune
+    /// after a `forget` would free (`forget --prune --dry-run`). A real prune with any is
+    /// refused ([`Error::PruneRefused`]): it would delete data snapshots still use.
+    pub assume_forgotten: Vec<crate::SnapshotId>,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
         PruneOptions {
+            assume_forgotten: Vec::new(),
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             dry_run: false,
         }
@@ -136,6 +141,11 @@ impl Repository {
     async fn prune_locked(&self, opts: &PruneOptions, held: &RepoLock) -> Result<PruneReport> {
         let inner = &self.inner;
         let refuse = |detail: String| Error::PruneRefused { detail };
+        if !opts.dry_run && !opts.assume_forgotten.is_empty() {
+            return Err(refuse(
+                "snapshots can be assumed forgotten only in a dry run; forget them first".into(),
+            ));
+        }
         let mut report = PruneReport {
             dry_run: opts.dry_run,
             ..PruneReport::default()
@@ -178,10 +188,13 @@ impl Repository {
 
         // Blobs in use: every snapshot's item list and every item's content.
         let mut used: IdSet<BlobId> = IdSet::default();
-        let snapshots = self
+        let snapshots: Vec<_> = self
             .list_snapshots()
             .await
-            .map_err(|e| refuse(format!("a snapshot is unreadable ({e})")))?;
+            .map_err(|e| refuse(format!("a snapshot is unreadable ({e})")))?
+            .into_iter()
+            .filter(|s| !opts.assume_forgotten.contains(&s.id))
+            .collect();
         for snapshot in &snapshots {
             used.extend(snapshot.tree.blobs.iter().copied());
             let items = crate::check::read_items(self, &index, snapshot)
@@ -615,6 +628,26 @@ mod tests {
             let s3 = backup(&repo, "r2", &[("d", d.clone())]).await;
             assert_eq!(count(&dir, "data"), 3);
 
+            // `forget --prune --dry-run`: a dry prune that assumes s1 forgotten predicts what
+            // the prune after the real forget does; a real prune may not assume anything.
+            let assume = PruneOptions {
+                dry_run: true,
+                assume_forgotten: vec![s1.id],
+                ..PruneOptions::default()
+            };
+            let predicted = repo.prune(&assume, &LockOptions::default()).await.unwrap();
+            let refused = repo
+                .prune(
+                    &PruneOptions {
+                        dry_run: false,
+                        ..assume.clone()
+                    },
+                    &LockOptions::default(),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(refused, Error::PruneRefused { .. }), "{refused}");
+
             let forget = ForgetOptions {
                 keep_last: 1,
                 ..Default::default()
@@ -637,6 +670,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
+            assert_eq!(predicted, dry, "the assumed-forgotten dry run predicted it");
             assert!(dry.dry_run);
             assert_eq!(dry.packs_repacked, 1, "{dry:?}");
             assert_eq!(
@@ -762,6 +796,7 @@ mod tests {
                     &PruneOptions {
                         max_unused_percent,
                         dry_run: false,
+                        ..Default::default()
                     },
                     &LockOptions::default(),
                 )
@@ -1031,6 +1066,7 @@ mod tests {
                 &PruneOptions {
                     max_unused_percent: 20.0,
                     dry_run: false,
+                    ..Default::default()
                 },
                 &LockOptions::default(),
             )
