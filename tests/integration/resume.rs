@@ -32,17 +32,25 @@ fn is_message_delta(e: &Value) -> bool {
     path(e).contains("/messages/delta")
 }
 
+/// The simulator on the small corpus with every permission of `service`'s discovery, backup
+/// and recovery, and an initialised repository whose config has `backup` (`key = value`
+/// lines) as its `[backup]` table.
+async fn start(dir: &std::path::Path, service: &str, backup: &str) -> (Sim, Env) {
+    let corpus = corpus(true);
+    let roles = matrix_permissions(service, &["discovery", "backup", "recovery"]);
+    let sim = Sim::start(dir, &corpus, &roles).await;
+    let env = Env::new(&sim.base);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}\n[backup]\n{backup}")).unwrap();
+    env.run(&["init"]).await.ok();
+    (sim, env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
-    let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
-    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
-    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
-    let env = Env::new(&sim.base);
     // Two messages per page: many pages per folder.
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("{config}\n[backup]\npage_size = 2\n")).unwrap();
-    env.run(&["init"]).await.ok();
+    let (sim, env) = start(tmp.path(), "exchange", "page_size = 2\n").await;
     let source = sim.export(ADELE).await;
 
     // The second nextLink page of a message delta answers 500 (not retried): the backup stops
@@ -173,14 +181,8 @@ async fn interrupted_backup_resumes_delta_from_the_last_saved_page() {
 /// was saved before the next was requested, so the rerun must not ask for any of them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
-    let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
-    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
-    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
-    let env = Env::new(&sim.base);
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("{config}\n[backup]\npage_size = 2\n")).unwrap();
-    env.run(&["init"]).await.ok();
+    let (sim, env) = start(tmp.path(), "exchange", "page_size = 2\n").await;
     let source = sim.export(ADELE).await;
     sim.admin(
         Method::PUT,
@@ -274,18 +276,8 @@ async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
 /// the two saved pages, asks only for the rest, and the restored drive equals the simulator's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_drive_backup_resumes_from_the_last_saved_page() {
-    let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
-    let roles = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
-    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
-    let env = Env::new(&sim.base);
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{config}\n[backup]\ndrive_page_size = 5\n"),
-    )
-    .unwrap();
-    env.run(&["init"]).await.ok();
+    let (sim, env) = start(tmp.path(), "onedrive", "drive_page_size = 5\n").await;
     let source = sim.export(ADELE).await;
     sim.admin(
         Method::PUT,
@@ -438,18 +430,13 @@ async fn kill_after_index_checkpoints(sim: &Sim, env: &Env, args: &[&str], index
 /// twice), where without the journal the rerun downloads them all; the snapshot is the drive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_drive_backup_does_not_download_again_what_it_indexed() {
-    let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
-    let roles = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
-    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
-    let env = Env::new(&sim.base);
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
+    let (sim, env) = start(
+        tmp.path(),
+        "onedrive",
+        &format!("concurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
     )
-    .unwrap();
-    env.run(&["init"]).await.ok();
+    .await;
     let mut bulk = Vec::new();
     for i in 0..BULK_ITEMS {
         let added = sim
@@ -538,18 +525,13 @@ async fn killed_drive_backup_does_not_download_again_what_it_indexed() {
 /// the indexed packs are not downloaded again (`/$value`), and the snapshot is the mailbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mailbox_backup_does_not_download_again_what_it_indexed() {
-    let corpus = corpus(true);
     let tmp = tempfile::tempdir().unwrap();
-    let roles = matrix_permissions("exchange", &["discovery", "backup", "recovery"]);
-    let sim = Sim::start(tmp.path(), &corpus, &roles).await;
-    let env = Env::new(&sim.base);
-    let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{config}\n[backup]\nconcurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
+    let (sim, env) = start(
+        tmp.path(),
+        "exchange",
+        &format!("concurrency = {CONCURRENCY}\nindex_checkpoint_secs = 0\n"),
     )
-    .unwrap();
-    env.run(&["init"]).await.ok();
+    .await;
     let mut bulk = Vec::new();
     for i in 0..BULK_ITEMS {
         use base64::Engine as _;
