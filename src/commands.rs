@@ -1054,7 +1054,7 @@ async fn check(
     } else {
         tracing::error!(
             problems = report.errors.len(),
-            "the repository has {} problem(s); restore affected items from other snapshots, and back up again to store fresh copies",
+            "the repository has {} problem(s): each one above names what it affects and what to do",
             report.errors.len()
         );
         Ok(ExitCode::Failure)
