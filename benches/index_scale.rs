@@ -89,6 +89,7 @@ async fn generate(location: &str, blobs: usize) {
                 iterations: 1,
                 parallelism: 1,
             },
+            cipher: Default::default(),
         },
     )
     .await

@@ -59,11 +59,13 @@ fn ingest(rt: &tokio::runtime::Runtime, data: &[u8], encrypted: bool) {
                     iterations: 1,
                     parallelism: 1,
                 },
+                cipher: Default::default(),
             }
         } else {
             InitOptions {
                 encryption: Encryption::None,
                 kdf: KdfParams::RECOMMENDED,
+                cipher: Default::default(),
             }
         };
         let repo = Repository::init(loc.to_str().unwrap(), opts).await.unwrap();

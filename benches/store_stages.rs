@@ -1,6 +1,7 @@
 //! Criterion benchmarks of each stage of the storage core's ingest path, in bytes/s:
 //! FastCDC v2020 chunking, keyed BLAKE3, zstd (level 3 on text, and the incompressibility
-//! sample test that lets media skip the full attempt), XChaCha20-Poly1305 sealing. The whole
+//! sample test that lets media skip the full attempt), sealing with XAES-256-GCM and
+//! XChaCha20-Poly1305. The whole
 //! path is `benches/store_ingest.rs`.
 //!
 //! `cargo bench --bench store_stages`. Inputs, 8 MiB each: incompressible bytes (a seeded
@@ -12,6 +13,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use m365bk_store::bench_api::{blob_id, sample_compresses, Chunker, Encoder};
+use m365bk_store::Cipher;
 
 const INPUT_BYTES: usize = 8 * 1024 * 1024;
 
@@ -99,8 +101,12 @@ fn bench(c: &mut Criterion) {
     const CHUNK: usize = 256 * 1024;
     for (name, data) in &inputs {
         group.throughput(Throughput::Bytes(data.len() as u64));
-        for (label, sealed) in [("plaintext", false), ("sealed", true)] {
-            let enc = Encoder::new(Encoder::DEFAULT_LEVEL, sealed);
+        for (label, cipher) in [
+            ("plaintext", None),
+            ("xaes-256-gcm", Some(Cipher::Xaes256Gcm)),
+            ("xchacha20-poly1305", Some(Cipher::XChaCha20Poly1305)),
+        ] {
+            let enc = Encoder::new(Encoder::DEFAULT_LEVEL, cipher);
             group.bench_with_input(
                 BenchmarkId::new(format!("zstd-{}-{label}", Encoder::DEFAULT_LEVEL), name),
                 data,

@@ -227,15 +227,17 @@ async fn init(settings: &Settings, args: &InitArgs) -> anyhow::Result<ExitCode> 
     let opts = InitOptions {
         encryption,
         kdf: kdf_params(&args.kdf),
+        cipher: args.cipher,
     };
     let repo = Repository::init_with_backend(&settings.repository, &settings.backend, opts).await?;
     let catalog = open_catalog(settings)?;
     catalog.sync(&repo).await?;
     match repo.current_key() {
         Some(key) => println!(
-            "created encrypted repository {} at {} (key slot {}); keep the passphrase safe: without it the backups cannot be read",
+            "created encrypted repository {} at {} ({}, key slot {}); keep the passphrase safe: without it the backups cannot be read",
             repo.id(),
             settings.repository,
+            args.cipher,
             key.short()
         ),
         None => println!(

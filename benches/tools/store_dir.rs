@@ -89,6 +89,7 @@ async fn init(repo: &str) -> Res<serde_json::Value> {
         InitOptions {
             encryption: Encryption::Passphrase(passphrase()?),
             kdf: KdfParams::RECOMMENDED,
+            cipher: Default::default(),
         },
     )
     .await?;

@@ -52,7 +52,11 @@ async fn wrong_passphrase_exits_12_and_damages_nothing_then_key_add_remove_passw
         init.stdout
     );
     let config = std::fs::read(env.repo.join("config")).unwrap();
-    assert_eq!(&config[..6], b"MBKC\x02\x01", "config is sealed");
+    assert_eq!(
+        &config[..6],
+        b"MBKC\x03\x02",
+        "config is sealed with XAES-256-GCM"
+    );
     assert_eq!(std::fs::read_dir(env.repo.join("keys")).unwrap().count(), 1);
 
     let first = env
@@ -255,7 +259,7 @@ async fn unencrypted_only_with_no_encryption_and_init_needs_a_passphrase() {
     assert!(run.stdout.contains("UNENCRYPTED"), "{}", run.stdout);
     assert!(run.stderr.contains("UNENCRYPTED"), "warned: {}", run.stderr);
     let config = std::fs::read(env.repo.join("config")).unwrap();
-    assert_eq!(&config[..6], b"MBKC\x02\x00");
+    assert_eq!(&config[..6], b"MBKC\x03\x00");
     env.run_env(&["snapshots"], &[("M365BK_PASSPHRASE", None)])
         .await
         .ok();
@@ -290,4 +294,34 @@ async fn unencrypted_only_with_no_encryption_and_init_needs_a_passphrase() {
         "{}",
         run.stderr
     );
+}
+
+/// `init --cipher`: XAES-256-GCM by default, XChaCha20-Poly1305 when asked for, an unknown name
+/// or a cipher without encryption refused as a usage error before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_cipher_is_chosen_by_name() {
+    let env = Env::new("http://127.0.0.1:9");
+    let run = env.run(&["init", "--cipher", "aes-128-cbc"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown cipher \"aes-128-cbc\"")
+            && run.stderr.contains("xaes-256-gcm or xchacha20-poly1305"),
+        "{}",
+        run.stderr
+    );
+    let run = env
+        .run(&["init", "--no-encryption", "--cipher", "xaes-256-gcm"])
+        .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(!env.repo.join("config").exists(), "nothing created");
+
+    let run = env
+        .run(&["init", "--cipher", "xchacha20-poly1305"])
+        .await
+        .ok();
+    assert!(run.stdout.contains("xchacha20-poly1305"), "{}", run.stdout);
+    let config = std::fs::read(env.repo.join("config")).unwrap();
+    assert_eq!(&config[..6], b"MBKC\x03\x01");
+    env.run(&["snapshots"]).await.ok();
+    env.run(&["check", "--read-data"]).await.ok();
 }

@@ -4,12 +4,12 @@
 //!
 //! Each function runs exactly the code a backup runs for that stage, with the parameters a new
 //! repository gets (FastCDC v2020 64 KiB / 256 KiB / 2 MiB, normalization 1; keyed BLAKE3;
-//! zstd at the configured level; XChaCha20-Poly1305).
+//! zstd at the configured level; XAES-256-GCM or XChaCha20-Poly1305).
 
 use crate::blob;
 use crate::chunker;
 use crate::config::RepoConfig;
-use crate::crypto::{random_key, SealingKey};
+use crate::crypto::{random_key, Cipher, SealingKey};
 use crate::format::Codec;
 use crate::id::BlobId;
 
@@ -20,7 +20,7 @@ pub struct Chunker(chunker::Chunker);
 impl Chunker {
     /// The chunker of a new repository, with gear seed `seed`.
     pub fn new(seed: u64) -> Self {
-        let mut config = RepoConfig::generate(false).chunker;
+        let mut config = RepoConfig::generate(None).chunker;
         config.gear_seed = seed;
         Chunker(chunker::Chunker::new(&config))
     }
@@ -45,12 +45,12 @@ pub struct Encoder {
 
 impl Encoder {
     /// An encoder with zstd level `level` (a new repository's is
-    /// [`Encoder::DEFAULT_LEVEL`]); `sealed` seals each blob with XChaCha20-Poly1305.
-    pub fn new(level: i32, sealed: bool) -> Self {
-        let codec = if sealed {
-            Codec::sealed(SealingKey::new(&random_key()))
-        } else {
-            Codec::plain(crate::format::FORMAT_VERSION)
+    /// [`Encoder::DEFAULT_LEVEL`]) that seals each blob with `cipher`, or stores it in
+    /// plaintext for `None`.
+    pub fn new(level: i32, cipher: Option<Cipher>) -> Self {
+        let codec = match cipher {
+            Some(cipher) => Codec::sealed(SealingKey::with_cipher(&random_key(), cipher)),
+            None => Codec::plain(crate::format::FORMAT_VERSION),
         };
         Encoder { codec, level }
     }

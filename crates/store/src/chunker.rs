@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn sizes_stay_within_bounds_and_average_near_target() {
-        let chunker = Chunker::new(&RepoConfig::generate(false).chunker);
+        let chunker = Chunker::new(&RepoConfig::generate(None).chunker);
         let data = pseudo_random(24 << 20, 7);
         let lens = chunker.cut_all(&data, true);
         assert_eq!(lens.iter().sum::<usize>(), data.len());
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn small_input_is_one_chunk_and_zeros_cut_at_max() {
-        let chunker = Chunker::new(&RepoConfig::generate(false).chunker);
+        let chunker = Chunker::new(&RepoConfig::generate(None).chunker);
         assert_eq!(chunker.cut_all(&[7u8; 60_000], true), vec![60_000]);
         assert_eq!(chunker.cut_all(&[], true), Vec::<usize>::new());
         let zeros = vec![0u8; 5 << 20];
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn seed_changes_cut_points() {
         let data = pseudo_random(8 << 20, 99);
-        let mut a = RepoConfig::generate(false).chunker;
+        let mut a = RepoConfig::generate(None).chunker;
         let mut b = a.clone();
         a.gear_seed = 1;
         b.gear_seed = 2;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::{self, KEY_LEN};
+use crate::crypto::{self, Cipher, SealingKey, KEY_LEN};
 use crate::error::{Error, Result};
 use crate::format::{Codec, ObjectKind, FORMAT_VERSION};
 use crate::KIB;
@@ -16,8 +16,6 @@ use crate::MIB;
 pub(crate) const CONFIG_NAME: &str = "config";
 /// Repository format version written into `config` (same as the object header version).
 pub(crate) const REPO_VERSION: u32 = FORMAT_VERSION as u32;
-/// `encryption` of a repository whose objects are sealed with XChaCha20-Poly1305.
-pub(crate) const ENCRYPTION_XCHACHA: &str = "xchacha20-poly1305";
 /// `encryption` of a plaintext repository (and of every version-1 repository).
 pub(crate) const ENCRYPTION_NONE: &str = "none";
 
@@ -39,7 +37,8 @@ pub(crate) struct RepoConfig {
     /// Repository id, 64 hex characters.
     pub id: String,
     pub created: DateTime<Utc>,
-    /// `"xchacha20-poly1305"` or `"none"` (absent in version 1: `"none"`).
+    /// The cipher ([`Cipher::name`]: `"xaes-256-gcm"`, version 3 on, or `"xchacha20-poly1305"`),
+    /// or `"none"` (absent in version 1: `"none"`).
     #[serde(default = "encryption_none")]
     pub encryption: String,
     pub chunker: ChunkerConfig,
@@ -82,19 +81,14 @@ pub(crate) struct CompressionConfig {
 
 impl RepoConfig {
     /// A new configuration with fresh random id, gear seed and blob-id key.
-    pub(crate) fn generate(encrypted: bool) -> Self {
+    pub(crate) fn generate(cipher: Option<Cipher>) -> Self {
         let id: [u8; 32] = rand::random();
         let key = crypto::random_key();
         Self {
             version: REPO_VERSION,
             id: hex::encode(id),
             created: Utc::now(),
-            encryption: if encrypted {
-                ENCRYPTION_XCHACHA
-            } else {
-                ENCRYPTION_NONE
-            }
-            .to_owned(),
+            encryption: cipher.map_or(ENCRYPTION_NONE, Cipher::name).to_owned(),
             chunker: ChunkerConfig {
                 algorithm: "fastcdc-v2020".to_owned(),
                 min_size: CHUNK_MIN_BYTES,
@@ -194,20 +188,12 @@ impl RepoConfig {
                 config.version, bytes[4]
             )));
         }
-        let want = if codec.is_sealed() {
-            ENCRYPTION_XCHACHA
-        } else {
-            ENCRYPTION_NONE
-        };
-        if config.encryption != want {
+        let cipher = codec.key().map(SealingKey::cipher);
+        if config.encryption != cipher.map_or(ENCRYPTION_NONE, Cipher::name) {
             return Err(corrupt(format!(
                 "says encryption {:?}, but the object is {}",
                 config.encryption,
-                if codec.is_sealed() {
-                    "sealed"
-                } else {
-                    "plaintext"
-                }
+                cipher.map_or("plaintext".to_owned(), |c| format!("sealed with {c}"))
             )));
         }
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -245,7 +231,7 @@ mod tests {
     #[test]
     fn round_trip_and_validation() {
         let codec = Codec::plain(FORMAT_VERSION);
-        let config = RepoConfig::generate(false);
+        let config = RepoConfig::generate(None);
         let bytes = config.encode(&codec).unwrap();
         assert_eq!(&bytes[..4], b"MBKC");
         let (back, key) = RepoConfig::decode(&bytes, &codec).unwrap();
@@ -258,10 +244,10 @@ mod tests {
         );
 
         let mut newer = config.clone();
-        newer.version = 3;
+        newer.version = 4;
         let err = RepoConfig::decode(&newer.encode(&codec).unwrap(), &codec).unwrap_err();
         assert!(
-            matches!(err, Error::UnsupportedVersion { found: 3, .. }),
+            matches!(err, Error::UnsupportedVersion { found: 4, .. }),
             "{err}"
         );
 
@@ -286,19 +272,45 @@ mod tests {
 
     #[test]
     fn sealed_config_hides_the_keys_and_must_say_encrypted() {
-        let codec = Codec::sealed(SealingKey::new(&crypto::random_key()));
-        let config = RepoConfig::generate(true);
-        let bytes = config.encode(&codec).unwrap();
-        assert_eq!(bytes[5], 1);
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(&config.blob_id.key) && !text.contains("gear_seed"));
-        let (back, key) = RepoConfig::decode(&bytes, &codec).unwrap();
-        assert_eq!(back.encryption, "xchacha20-poly1305");
-        assert_eq!(hex::encode(*key), config.blob_id.key);
+        for (cipher, envelope) in [(Cipher::Xaes256Gcm, 2), (Cipher::XChaCha20Poly1305, 1)] {
+            let codec = Codec::sealed(SealingKey::with_cipher(&crypto::random_key(), cipher));
+            let config = RepoConfig::generate(Some(cipher));
+            let bytes = config.encode(&codec).unwrap();
+            assert_eq!((bytes[4], bytes[5]), (3, envelope));
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(&config.blob_id.key) && !text.contains("gear_seed"));
+            let (back, key) = RepoConfig::decode(&bytes, &codec).unwrap();
+            assert_eq!(back.encryption, cipher.name());
+            assert_eq!(hex::encode(*key), config.blob_id.key);
 
-        let mut liar = config;
-        liar.encryption = "none".into();
-        let err = RepoConfig::decode(&liar.encode(&codec).unwrap(), &codec).unwrap_err();
-        assert!(err.to_string().contains("says encryption"), "{err}");
+            for lie in ["none", "xchacha20-poly1305", "xaes-256-gcm"] {
+                if lie == cipher.name() {
+                    continue;
+                }
+                let mut liar = config.clone();
+                liar.encryption = lie.into();
+                let err = RepoConfig::decode(&liar.encode(&codec).unwrap(), &codec).unwrap_err();
+                assert!(err.to_string().contains("says encryption"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_2_xchacha_config_still_reads() {
+        let codec = Codec::sealed_version(SealingKey::new(&crypto::random_key()), 2);
+        let mut config = RepoConfig::generate(Some(Cipher::XChaCha20Poly1305));
+        config.version = 2;
+        let bytes = config.encode(&codec).unwrap();
+        assert_eq!((bytes[4], bytes[5]), (2, 1));
+        let (back, _) = RepoConfig::decode(&bytes, &codec).unwrap();
+        assert_eq!(
+            (back.version, back.encryption.as_str()),
+            (2, "xchacha20-poly1305")
+        );
+        // XAES-256-GCM came with version 3: a version-2 object claiming it is refused.
+        let mut forged = bytes.clone();
+        forged[5] = 2;
+        let err = crate::format::read_header(ObjectKind::Config, "config", &forged).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
     }
 }

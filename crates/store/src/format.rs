@@ -4,23 +4,52 @@
 //! ```text
 //! offset 0  magic     4 bytes  b"MBKC" config, b"MBKP" pack, b"MBKI" index, b"MBKS" snapshot,
 //!                              b"MBKK" key slot, b"MBKL" lock
-//! offset 4  version   u8       format version (1 or 2; the repository's version)
-//! offset 5  envelope  u8       0 = plaintext, 1 = sealed with XChaCha20-Poly1305 under the master key
+//! offset 4  version   u8       format version (1, 2 or 3; the repository's version)
+//! offset 5  envelope  u8       0 = plaintext, 1 = sealed with XChaCha20-Poly1305 (version 2 on),
+//!                              2 = sealed with XAES-256-GCM (version 3 on), under the master key
 //! offset 6  reserved  2 bytes  zero
 //! ```
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::crypto::{Label, SealingKey, SEAL_OVERHEAD};
+use crate::crypto::{Cipher, Label, SealingKey, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 
 /// Format version written by this build for new repositories, and the highest one it reads.
-pub(crate) const FORMAT_VERSION: u8 = 2;
+pub(crate) const FORMAT_VERSION: u8 = 3;
 /// Envelope byte for plaintext objects.
 pub(crate) const ENVELOPE_PLAIN: u8 = 0;
 /// Envelope byte for objects sealed with XChaCha20-Poly1305 under the master key.
-pub(crate) const ENVELOPE_SEALED: u8 = 1;
+pub(crate) const ENVELOPE_XCHACHA: u8 = 1;
+/// Envelope byte for objects sealed with XAES-256-GCM under the master key.
+pub(crate) const ENVELOPE_XAES: u8 = 2;
+
+/// The envelope byte of objects sealed with `cipher`.
+pub(crate) const fn envelope(cipher: Cipher) -> u8 {
+    match cipher {
+        Cipher::XChaCha20Poly1305 => ENVELOPE_XCHACHA,
+        Cipher::Xaes256Gcm => ENVELOPE_XAES,
+    }
+}
+
+/// The cipher of a sealed object's envelope byte; `None` for plaintext (or unknown).
+pub(crate) const fn envelope_cipher(envelope: u8) -> Option<Cipher> {
+    match envelope {
+        ENVELOPE_XCHACHA => Some(Cipher::XChaCha20Poly1305),
+        ENVELOPE_XAES => Some(Cipher::Xaes256Gcm),
+        _ => None,
+    }
+}
+
+/// The first format version with `envelope`.
+const fn envelope_since(envelope: u8) -> u8 {
+    match envelope {
+        ENVELOPE_PLAIN => 1,
+        ENVELOPE_XCHACHA => 2,
+        _ => 3,
+    }
+}
 /// Length of the object header.
 pub(crate) const HEADER_LEN: usize = 8;
 
@@ -116,7 +145,7 @@ pub(crate) fn read_header(kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<
         });
     }
     let envelope = bytes[5];
-    if envelope > ENVELOPE_SEALED || (envelope == ENVELOPE_SEALED && version < 2) {
+    if envelope > ENVELOPE_XAES || version < envelope_since(envelope) {
         return Err(Error::UnsupportedEncoding {
             kind: kind.name(),
             name: name.to_owned(),
@@ -127,7 +156,7 @@ pub(crate) fn read_header(kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<
 }
 
 /// How one repository's objects are written and read: the header version for new objects, and
-/// the master key if the repository is encrypted. Cheap to clone.
+/// the master key (with its cipher) if the repository is encrypted. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Codec {
     version: u8,
@@ -142,8 +171,14 @@ impl Codec {
 
     /// Objects sealed with the master key, current version.
     pub(crate) fn sealed(key: SealingKey) -> Self {
+        Self::sealed_version(key, FORMAT_VERSION)
+    }
+
+    /// Objects sealed with the master key, `version` headers (the repository's version: a
+    /// version-2 repository stays readable by the builds that made it).
+    pub(crate) fn sealed_version(key: SealingKey, version: u8) -> Self {
         Codec {
-            version: FORMAT_VERSION,
+            version,
             key: Some(Arc::new(key)),
         }
     }
@@ -156,14 +191,16 @@ impl Codec {
         self.key.as_deref()
     }
 
+    /// The envelope byte of the objects this codec writes.
+    pub(crate) fn envelope(&self) -> u8 {
+        self.key
+            .as_ref()
+            .map_or(ENVELOPE_PLAIN, |k| envelope(k.cipher()))
+    }
+
     /// The header this codec writes for `kind`.
     pub(crate) fn header(&self, kind: ObjectKind) -> [u8; HEADER_LEN] {
-        let envelope = if self.is_sealed() {
-            ENVELOPE_SEALED
-        } else {
-            ENVELOPE_PLAIN
-        };
-        header(kind, self.version, envelope)
+        header(kind, self.version, self.envelope())
     }
 
     /// Bytes sealing adds to each sealed unit (0 for plaintext).
@@ -199,17 +236,27 @@ impl Codec {
         bytes: &[u8],
     ) -> Result<[u8; HEADER_LEN]> {
         let header = read_header(kind, name, bytes)?;
-        let detail = match (header[5], self.is_sealed()) {
-            (ENVELOPE_PLAIN, true) => {
+        let found = envelope_cipher(header[5]);
+        let want = self.key.as_ref().map(|k| k.cipher());
+        if found == want {
+            return Ok(header);
+        }
+        let detail = match (found, want) {
+            (None, _) => {
                 "stored in plaintext, but the repository is encrypted: m365bk did not write it"
+                    .to_owned()
             }
-            (ENVELOPE_SEALED, false) => "encrypted, but the repository is not",
-            _ => return Ok(header),
+            (Some(_), None) => "encrypted, but the repository is not".to_owned(),
+            (Some(found), Some(want)) => {
+                format!(
+                    "sealed with {found}, but the repository uses {want}: m365bk did not write it"
+                )
+            }
         };
         Err(Error::CorruptObject {
             kind: kind.name(),
             name: name.to_owned(),
-            detail: detail.to_owned(),
+            detail,
         })
     }
 
@@ -293,7 +340,7 @@ mod tests {
     fn header_round_trip_and_rejections() {
         let plain = Codec::plain(FORMAT_VERSION);
         let obj = plain.encode(ObjectKind::Index, b"body");
-        assert_eq!(&obj[..6], b"MBKI\x02\x00");
+        assert_eq!(&obj[..6], b"MBKI\x03\x00");
         assert_eq!(
             &*plain.decode(ObjectKind::Index, "index/x", &obj).unwrap(),
             b"body"
@@ -306,7 +353,7 @@ mod tests {
         );
 
         let mut newer = obj.clone();
-        newer[4] = 3;
+        newer[4] = 4;
         let err = plain
             .decode(ObjectKind::Index, "index/x", &newer)
             .unwrap_err();
@@ -314,8 +361,8 @@ mod tests {
             matches!(
                 err,
                 Error::UnsupportedVersion {
-                    found: 3,
-                    supported: 2,
+                    found: 4,
+                    supported: 3,
                     ..
                 }
             ),
@@ -345,9 +392,9 @@ mod tests {
 
     #[test]
     fn sealed_objects_round_trip_and_envelopes_must_match_the_repository() {
-        let sealed = Codec::sealed(SealingKey::new(&random_key()));
+        let sealed = Codec::sealed(SealingKey::with_cipher(&random_key(), Cipher::Xaes256Gcm));
         let obj = sealed.encode(ObjectKind::Snapshot, b"snapshot body");
-        assert_eq!(&obj[..6], b"MBKS\x02\x01");
+        assert_eq!(&obj[..6], b"MBKS\x03\x02");
         assert_eq!(obj.len(), HEADER_LEN + SEAL_OVERHEAD + 13);
         assert!(!obj.windows(8).any(|w| w == b"snapshot"));
         assert_eq!(
@@ -376,11 +423,35 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("stored in plaintext"), "{err}");
 
-        let mut sealed_v1 = obj;
-        sealed_v1[4] = 1;
+        // The other cipher's envelope, under this repository's key: refused by name.
+        let xchacha = Codec::sealed(SealingKey::new(&random_key()));
+        let other = xchacha.encode(ObjectKind::Snapshot, b"{}");
+        assert_eq!(&other[..6], b"MBKS\x03\x01");
         let err = sealed
-            .decode(ObjectKind::Snapshot, "snapshots/x", &sealed_v1)
+            .decode(ObjectKind::Snapshot, "snapshots/x", &other)
             .unwrap_err();
-        assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sealed with xchacha20-poly1305, but the repository uses xaes-256-gcm"),
+            "{err}"
+        );
+
+        // Envelopes are newer than version 1, and XAES-256-GCM is newer than version 2.
+        for (version, envelope) in [
+            (1, ENVELOPE_XCHACHA),
+            (1, ENVELOPE_XAES),
+            (2, ENVELOPE_XAES),
+        ] {
+            let mut old = obj.clone();
+            old[4] = version;
+            old[5] = envelope;
+            let err = sealed
+                .decode(ObjectKind::Snapshot, "snapshots/x", &old)
+                .unwrap_err();
+            assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
+        }
+        // A version-2 repository keeps writing version-2 headers.
+        let v2 = Codec::sealed_version(SealingKey::new(&random_key()), 2);
+        assert_eq!(&v2.encode(ObjectKind::Index, b"i")[..6], b"MBKI\x02\x01");
     }
 }

@@ -960,6 +960,7 @@ mod tests {
                 iterations: 1,
                 parallelism: 1,
             },
+            cipher: Default::default(),
         }
     }
 

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, Label, SealingKey, KEY_LEN, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
-use crate::format::{self, ObjectKind, ENVELOPE_PLAIN, FORMAT_VERSION, HEADER_LEN};
+use crate::format::{self, ObjectKind, ENVELOPE_PLAIN, HEADER_LEN};
 use crate::id::KeyId;
 use crate::repository::Repository;
 use crate::snapshot;
@@ -36,6 +36,10 @@ const ARGON2_VERSION: u32 = 0x13;
 const CIPHER: &str = "xchacha20-poly1305";
 /// Salt bytes (RFC 9106 recommends 128 bits).
 const SALT_LEN: usize = 16;
+/// Header version of key slots: their format has not changed since format version 2, so they
+/// stay readable by the builds that wrote version-2 repositories.
+const KEY_SLOT_VERSION: u8 = 2;
+
 /// Upper bounds on what a key slot may ask for, so a planted slot cannot make `open` allocate
 /// without limit or spin for hours.
 const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
@@ -203,7 +207,7 @@ pub(crate) fn create_slot(
     let kek = derive(passphrase, &salt, params).map_err(|e| Error::InvalidKdfParams {
         detail: format!("{kdf}: {e}"),
     })?;
-    let header = format::header(ObjectKind::Key, FORMAT_VERSION, ENVELOPE_PLAIN);
+    let header = format::header(ObjectKind::Key, KEY_SLOT_VERSION, ENVELOPE_PLAIN);
     let mut wrapped = Vec::with_capacity(SEAL_OVERHEAD + KEY_LEN);
     SealingKey::new(&kek).seal_append(&header, Label::KeySlot, master, &mut wrapped);
     let file = KeySlotFile {

@@ -29,7 +29,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use futures::TryStreamExt;
-//! use m365bk_store::{Encryption, InitOptions, Item, KdfParams, Repository, SecretString, SnapshotDraft};
+//! use m365bk_store::{
+//!     Cipher, Encryption, InitOptions, Item, KdfParams, Repository, SecretString, SnapshotDraft,
+//! };
 //!
 //! let dir = tempfile::tempdir()?;
 //! let location = dir.path().to_str().unwrap();
@@ -39,6 +41,7 @@
 //!     // Cheap key derivation keeps this example fast; real repositories use the default,
 //!     // KdfParams::RECOMMENDED (64 MiB, 3 iterations).
 //!     kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+//!     cipher: Cipher::Xaes256Gcm,
 //! }).await?;
 //!
 //! let backup = repo.begin_backup().await?;
@@ -111,6 +114,7 @@ pub use catalog::{
     Catalog, DeltaPageRow, ItemJournal, ItemRow, JobRun, SnapshotRow, StoredItem, SyncStats,
 };
 pub use check::{CheckOptions, CheckProblem, CheckReport};
+pub use crypto::Cipher;
 pub use error::{Error, Result};
 pub use forget::{ForgetGroup, ForgetOptions, ForgetPlan, ForgetReport, PlannedSnapshot};
 pub use id::{BlobId, IndexId, KeyId, PackId, SnapshotId};

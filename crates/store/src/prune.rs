@@ -505,6 +505,7 @@ mod tests {
                     iterations: 1,
                     parallelism: 1,
                 },
+                cipher: Default::default(),
             }
         } else {
             InitOptions::no_encryption()

@@ -14,7 +14,7 @@ use crate::backup::BackupWriter;
 use crate::blob;
 use crate::chunker::Chunker;
 use crate::config::{RepoConfig, CONFIG_NAME};
-use crate::crypto::{SealingKey, KEY_LEN};
+use crate::crypto::{Cipher, SealingKey, KEY_LEN};
 use crate::error::{Error, Result};
 use crate::format::{self, Codec, ObjectKind, ENVELOPE_PLAIN, FORMAT_VERSION};
 use crate::id::{BlobId, KeyId, SnapshotId};
@@ -94,6 +94,8 @@ pub struct InitOptions {
     pub encryption: Encryption,
     /// Argon2id cost of the first key slot (ignored without encryption).
     pub kdf: KdfParams,
+    /// The cipher objects are sealed with (ignored without encryption); default XAES-256-GCM.
+    pub cipher: Cipher,
 }
 
 impl InitOptions {
@@ -102,6 +104,7 @@ impl InitOptions {
         InitOptions {
             encryption: Encryption::Passphrase(passphrase),
             kdf: KdfParams::RECOMMENDED,
+            cipher: Cipher::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl InitOptions {
         InitOptions {
             encryption: Encryption::None,
             kdf: KdfParams::RECOMMENDED,
+            cipher: Cipher::default(),
         }
     }
 }
@@ -231,13 +235,13 @@ impl Repository {
                 let master = keys::generate_master_key();
                 let id = keys::add_slot(&*store, master.clone(), passphrase, opts.kdf).await?;
                 (
-                    Codec::sealed(SealingKey::new(&master)),
+                    Codec::sealed(SealingKey::with_cipher(&master, opts.cipher)),
                     Some(master),
                     Some(id),
                 )
             }
         };
-        let mut config = RepoConfig::generate(codec.is_sealed());
+        let mut config = RepoConfig::generate(codec.key().map(SealingKey::cipher));
         let bytes = Bytes::from(config.encode(&codec)?);
         config.blob_id.key.zeroize();
         match store
@@ -258,7 +262,7 @@ impl Repository {
             }
             Err(e) => return Err(Error::backend("write", CONFIG_NAME)(e)),
         }
-        tracing::info!(location, repository = %config.id, encrypted = codec.is_sealed(), "initialised repository");
+        tracing::info!(location, repository = %config.id, encryption = %config.encryption, "initialised repository");
         drop(config);
         let (config, key) = RepoConfig::decode(&bytes, &codec)?;
         Ok(Self::from_parts(
@@ -349,6 +353,11 @@ impl Repository {
                 store, location, codec, config, key, None, None,
             ));
         }
+        // `read_header` accepts only known envelopes, so a sealed one names its cipher.
+        let cipher = format::envelope_cipher(header[5]).ok_or_else(|| Error::Internal {
+            detail: format!("envelope {} passed the header check", header[5]),
+        })?;
+        let version = header[4];
         let passphrase = passphrase.ok_or_else(|| Error::PassphraseRequired {
             location: location.to_owned(),
         })?;
@@ -365,7 +374,7 @@ impl Repository {
                 let Some(master) = slot.unlock(&passphrase) else {
                     continue;
                 };
-                let codec = Codec::sealed(SealingKey::new(&master));
+                let codec = Codec::sealed_version(SealingKey::with_cipher(&master, cipher), version);
                 match RepoConfig::decode(&bytes, &codec) {
                     Ok((config, key)) => return Ok(Some((slot.id, master, codec, config, key))),
                     Err(e) => {

@@ -84,6 +84,7 @@ fn test_init() -> InitOptions {
             iterations: 1,
             parallelism: 1,
         },
+        cipher: Default::default(),
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use m365bk_store::{
-    BackupWriter, Catalog, CheckOptions, ContentRef, Encryption, Error, InitOptions, Item, JobRun,
-    KdfParams, Repository, SecretString, Snapshot, SnapshotDraft,
+    BackupWriter, Catalog, CheckOptions, Cipher, ContentRef, Encryption, Error, InitOptions, Item,
+    JobRun, KdfParams, Repository, SecretString, Snapshot, SnapshotDraft,
 };
 use rand::{RngCore, SeedableRng};
 
@@ -30,6 +30,7 @@ fn opts() -> InitOptions {
     InitOptions {
         encryption: Encryption::Passphrase(pass()),
         kdf: TEST_KDF,
+        cipher: Default::default(),
     }
 }
 
@@ -1045,7 +1046,7 @@ mod locations {
                 err,
                 Error::UnsupportedVersion {
                     found: 9,
-                    supported: 2,
+                    supported: 3,
                     ..
                 }
             ),
@@ -1129,13 +1130,17 @@ mod encryption {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nothing_is_readable_without_the_key() {
-        for encrypted in [true, false] {
+        let xchacha = InitOptions {
+            cipher: Cipher::XChaCha20Poly1305,
+            ..opts()
+        };
+        for (init, envelope) in [
+            (opts(), 2u8),
+            (xchacha, 1),
+            (InitOptions::no_encryption(), 0),
+        ] {
+            let encrypted = envelope != 0;
             let dir = tempfile::tempdir().unwrap();
-            let init = if encrypted {
-                opts()
-            } else {
-                InitOptions::no_encryption()
-            };
             let (snapshot, data) = with_one_snapshot(dir.path(), init).await;
             let repo = Repository::open(&loc(dir.path()), Some(pass()))
                 .await
@@ -1162,6 +1167,15 @@ mod encryption {
                     "readable in an encrypted repository: {found:?}"
                 );
                 assert!(files.keys().any(|p| p.starts_with(dir.path().join("keys"))));
+                // Version 3, the cipher's envelope; key slots keep their version-2 format.
+                for (path, bytes) in &files {
+                    let want = if path.starts_with(dir.path().join("keys")) {
+                        [2, 0]
+                    } else {
+                        [3, envelope]
+                    };
+                    assert_eq!(bytes[4..6], want, "{}", path.display());
+                }
             } else {
                 assert_eq!(
                     found.len(),
@@ -1288,6 +1302,7 @@ mod encryption {
                     memory_kib: 1,
                     ..TEST_KDF
                 },
+                cipher: Default::default(),
             },
         )
         .await
@@ -1299,6 +1314,7 @@ mod encryption {
             InitOptions {
                 encryption: Encryption::Passphrase(SecretString::from("")),
                 kdf: TEST_KDF,
+                cipher: Default::default(),
             },
         )
         .await
@@ -1443,6 +1459,73 @@ mod encryption {
             assert_eq!(&bytes[4..6], &[1, 0], "{}", path.display());
         }
         let repo = Repository::open(&loc(root), None).await.unwrap();
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
+    }
+
+    /// The files `tests/fixtures/v2-repository` was made from (see `tests/fixtures/README.md`).
+    fn v2_fixture_files() -> Vec<(&'static str, Vec<u8>)> {
+        let mut eml = String::from("Subject: version 2\r\n\r\n");
+        eml.extend((0..3000).map(|i| format!("line {i}\n")));
+        let report: String = (0..8000)
+            .map(|i| format!("m365bk version-2 fixture {i}\n"))
+            .collect();
+        vec![
+            ("drive/copy.txt", report.clone().into_bytes()),
+            ("drive/report.txt", report.into_bytes()),
+            ("inbox/1.eml", eml.into_bytes()),
+        ]
+    }
+
+    /// A version-2 repository (XChaCha20-Poly1305) written by the build before format version
+    /// 3 opens with its passphrase, restores, checks clean, and new backups into it keep its
+    /// format, so that build can still read it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_2_repository_still_opens_and_keeps_its_format() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2-repository");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (path, bytes) in tree(&fixture) {
+            let to = root.join(path.strip_prefix(&fixture).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, bytes).unwrap();
+        }
+        let pass = || Some(SecretString::from("version 2 fixture"));
+        let repo = Repository::open(&loc(root), pass()).await.unwrap();
+        assert!(repo.is_encrypted());
+        let snapshots = repo.list_snapshots().await.unwrap();
+        assert_eq!(snapshots.len(), 1);
+        let items = repo.load_items(&snapshots[0]).await.unwrap();
+        let mut restored: Vec<(String, Vec<u8>)> = Vec::new();
+        for item in &items {
+            let content = item.content.as_ref().unwrap();
+            restored.push((item.path.clone(), read_all(&repo, content).await.unwrap()));
+        }
+        restored.sort();
+        let expected: Vec<(String, Vec<u8>)> = v2_fixture_files()
+            .into_iter()
+            .map(|(p, b)| (p.to_owned(), b))
+            .collect();
+        assert_eq!(restored, expected);
+        let report = repo.check(CheckOptions::read_data()).await.unwrap();
+        assert!(report.is_ok(), "{:#?}", report.errors);
+
+        let backup = repo.begin_backup().await.unwrap();
+        let c = store(&backup, b"written by version 3", &[7]).await;
+        backup
+            .commit_snapshot(draft("bob", vec![item("a", Some(c))]))
+            .await
+            .unwrap();
+        backup.finish().await.unwrap();
+        for (path, bytes) in tree(root) {
+            let want = if path.starts_with(root.join("keys")) {
+                [2, 0]
+            } else {
+                [2, 1]
+            };
+            assert_eq!(bytes[4..6], want, "{}", path.display());
+        }
+        let repo = Repository::open(&loc(root), pass()).await.unwrap();
+        assert_eq!(repo.list_snapshots().await.unwrap().len(), 2);
         assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 }

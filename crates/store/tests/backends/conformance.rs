@@ -195,6 +195,7 @@ pub async fn run(t: &Target) {
     let opts = InitOptions {
         encryption: Encryption::Passphrase(pass()),
         kdf: TEST_KDF,
+        cipher: Default::default(),
     };
     let repo = Repository::init_with_backend(&t.location, &t.backend, opts.clone())
         .await
