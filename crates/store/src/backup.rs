@@ -675,6 +675,14 @@ impl ContentWriter {
         let limit = self.session.process_bytes;
         while !data.is_empty() {
             let n = (limit - self.buf.len()).min(data.len());
+            // Past the inline size, move to a full-size buffer at once (one from the pool when
+            // there is one) instead of growing by doubling: each doubling copies the buffer.
+            let want = self.buf.len() + n;
+            if want > self.buf.capacity() && want > INLINE_BYTES {
+                let mut full = self.session.take_buffer();
+                full.extend_from_slice(&self.buf);
+                self.buf = full;
+            }
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.buf.len() >= limit {
