@@ -23,7 +23,8 @@
    ratios against the issue's targets.
 
 Wall times include each tool's key derivation (restic: scrypt; m365bk: Argon2id 64 MiB, 3
-passes). The corpus is read from the page cache by both (it is read once before each run).
+passes). The corpus is read from the page cache by both (it is read once before each run), and
+before each timed phase dirty pages are written back and the script waits 6 s (`settle`).
 """
 
 import argparse
@@ -377,6 +378,15 @@ def warm(p: Path):
                     pass
 
 
+def settle():
+    """Before each timed phase: writes back what earlier phases (of either tool) left dirty, so
+    the kernel's writeback does not compete with the phase for the two cores, and waits out
+    ext4's 5-second window in which it skips recently deleted inodes (300 s while their inode
+    table block is still dirty, hence the sync) when it creates files."""
+    os.sync()
+    time.sleep(6)
+
+
 def ensure_restic():
     exe = shutil.which("restic")
     if exe:
@@ -438,11 +448,13 @@ def measure(tool: str, corpus: Path, work: Path, restic: str, store_dir: Path, j
         os.rename(corpus / day, live)
         try:
             warm(live)
+            settle()
             res[day] = run(backup, env)[:2]
         finally:
             os.rename(live, corpus / day)
         sizes[day] = dir_bytes(repo)
         log(f"  {tool} {day}: {res[day][0]:.1f} s ({run.cpu:.1f} s CPU), peak RSS {res[day][1] // 1024} MiB, repository {sizes[day] / MIB:.0f} MiB")
+    settle()
     res["restore"] = run(restore, env)[:2]
     log(f"  {tool} restore: {res['restore'][0]:.1f} s ({run.cpu:.1f} s CPU), peak RSS {res['restore'][1] // 1024} MiB")
     # restic restores the absolute path below the target.
@@ -496,6 +508,7 @@ def main():
     if not args.keep:
         for tool in results:
             shutil.rmtree(restore_dir / f"{tool}-restored")
+        os.sync()
 
     d1 = summary["day1_bytes"]
     d2 = dir_bytes(corpus / "day2")
