@@ -250,11 +250,18 @@ impl Repository {
         let mut all_blobs: IdSet<BlobId> = IdSet::default();
         for plan in plans.values_mut() {
             all_blobs.extend(plan.info.blobs.iter().map(|b| b.id));
-            let unused_percent = if plan.info.size == 0 {
+            // Shares of the blobs' bytes: a pack's header and trailer are neither used nor
+            // unused (counting them as unused made `--max-unused 0` repack full packs).
+            let blob_bytes: u64 = plan
+                .info
+                .blobs
+                .iter()
+                .map(|b| u64::from(b.stored_len))
+                .sum();
+            let unused_percent = if blob_bytes == 0 {
                 100.0
             } else {
-                100.0 * (plan.info.size - plan.used_bytes.min(plan.info.size)) as f64
-                    / plan.info.size as f64
+                100.0 * blob_bytes.saturating_sub(plan.used_bytes) as f64 / blob_bytes as f64
             };
             plan.action = if plan.used.is_empty() {
                 Action::Delete
@@ -811,6 +818,48 @@ mod tests {
             assert!(check.unindexed_packs.is_empty());
             assert_restores(&repo, &expected).await;
         }
+    }
+
+    /// `max_unused_percent` 0 repacks every pack holding an unused blob, and no other: packs
+    /// whose blobs are all in use stay, whatever their header and trailer weigh.
+    #[tokio::test]
+    async fn max_unused_zero_repacks_only_packs_with_unused_blobs() {
+        let (_dir, repo) = repo(false).await;
+        backup(&repo, "r1", &[("a", noise(1, 300_000))]).await;
+        let zero = PruneOptions {
+            max_unused_percent: 0.0,
+            ..Default::default()
+        };
+        let report = repo.prune(&zero, &LockOptions::default()).await.unwrap();
+        assert_eq!(
+            (
+                report.blobs_unused,
+                report.packs_repacked,
+                report.bytes_freed
+            ),
+            (0, 0, 0),
+            "{report:?}"
+        );
+        // Now one unused blob next to a used one: that pack, and only it, is repacked.
+        let gone = backup(
+            &repo,
+            "r2",
+            &[("b", noise(2, 300_000)), ("c", noise(3, 300_000))],
+        )
+        .await;
+        backup(&repo, "r3", &[("b", noise(2, 300_000))]).await;
+        repo.inner
+            .store
+            .delete(&crate::snapshot::snapshot_path(&gone.id))
+            .await
+            .unwrap();
+        let report = repo.prune(&zero, &LockOptions::default()).await.unwrap();
+        assert_eq!(
+            report.blobs_unused, 2,
+            "c's blob and r2's item list: {report:?}"
+        );
+        assert_eq!(report.packs_repacked, 1, "{report:?}");
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 
     #[tokio::test]
