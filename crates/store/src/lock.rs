@@ -22,6 +22,9 @@
 //!   by default). The holder writes a new object every `ttl / 6` and then deletes the old one.
 //!   A lock object past its expiry is *stale*: it is ignored, and whoever sees it deletes it.
 //!   A crashed process therefore blocks prune for at most `ttl`; there is no unlock command.
+//!   A lock whose holder ran on this machine (same kernel boot and pid namespace, recorded in
+//!   the lock) and whose process is gone is stale at once: a backup killed here does not block
+//!   the next prune here. Holders elsewhere are judged by expiry only.
 //! - **Lost locks.** A holder that could not refresh in time no longer counts as holding the
 //!   lock: [`RepoLock::ensure_valid`] fails, and a backup checks it before each index and
 //!   snapshot write.
@@ -146,6 +149,37 @@ pub struct LockInfo {
     pub refreshed: DateTime<Utc>,
     /// When this lock object goes stale unless a newer one replaces it (UTC).
     pub expires: DateTime<Utc>,
+    /// Where `pid` means something: the holder's kernel boot id and pid namespace
+    /// (`"<boot id>/pid:[<inode>]"`, from `/proc`). A process with the same scope whose `pid`
+    /// no longer runs is gone, and its lock stale at once. Absent from locks of older builds
+    /// and of systems without `/proc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_scope: Option<String>,
+}
+
+/// This process's [`LockInfo::process_scope`], read once.
+fn process_scope() -> Option<String> {
+    static SCOPE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SCOPE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            Some(format!("{}/{}", boot.trim(), ns.display()))
+        })
+        .clone()
+}
+
+/// True if `other` was taken by a process that this one can see is gone: same kernel boot and
+/// pid namespace, and no `/proc/<pid>`. A pid reused by a new process counts as alive (the lock
+/// then waits for its expiry); a holder elsewhere (another host, container or boot) is never
+/// judged gone, only expired.
+fn holder_is_gone(other: &LockInfo) -> bool {
+    match (&other.process_scope, process_scope()) {
+        (Some(theirs), Some(ours)) if *theirs == ours && other.pid != 0 => {
+            !std::path::Path::new(&format!("/proc/{}", other.pid)).exists()
+        }
+        _ => false,
+    }
 }
 
 /// How an acquirer sees another lock object.
@@ -161,7 +195,7 @@ pub(crate) enum Verdict {
 
 /// Judges another holder's lock against one wanted (`exclusive` or not) at `now`.
 pub(crate) fn judge(other: &LockInfo, exclusive: bool, now: DateTime<Utc>) -> Verdict {
-    if other.expires <= now {
+    if other.expires <= now || holder_is_gone(other) {
         Verdict::Stale
     } else if exclusive || other.exclusive {
         Verdict::Conflict
@@ -450,6 +484,7 @@ async fn write_lock(
         created,
         refreshed: now,
         expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::TimeDelta::MAX),
+        process_scope: process_scope(),
     };
     let json = serde_json::to_vec(&info).map_err(|e| Error::Internal {
         detail: format!("cannot encode a lock: {e}"),
@@ -533,6 +568,7 @@ async fn find_conflict(
                     created: meta.last_modified,
                     refreshed: meta.last_modified,
                     expires,
+                    process_scope: None,
                 }
             }
         };
@@ -544,6 +580,7 @@ async fn find_conflict(
                     host = %info.hostname,
                     pid = info.pid,
                     expired = %info.expires,
+                    holder_gone = info.expires > now,
                     "removing a stale lock"
                 );
                 delete_lock(inner, &name).await;
@@ -579,6 +616,7 @@ mod tests {
             created: now,
             refreshed: now,
             expires: now + chrono::Duration::seconds(expires_in_secs),
+            process_scope: None,
         }
     }
 
@@ -751,6 +789,57 @@ mod tests {
             "the stale lock was deleted"
         );
         assert_eq!(lock_files(&dir), 1);
+        prune.release().await;
+    }
+
+    /// A lock left by a killed process of this host (same boot, same pid namespace) is stale at
+    /// once; the same lock claiming another scope waits for its expiry.
+    #[tokio::test]
+    async fn lock_of_a_process_that_is_gone_is_stale_at_once() {
+        let (dir, repo) = repo().await;
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let now = Utc::now();
+        let plant = |scope: Option<String>| {
+            let info = LockInfo {
+                pid: dead_pid,
+                process_scope: scope,
+                ..info(LockKind::Backup, 1800, now)
+            };
+            let bytes = repo
+                .inner
+                .codec
+                .encode(ObjectKind::Lock, &serde_json::to_vec(&info).unwrap());
+            let name = blake3::hash(&bytes).to_hex().to_string();
+            std::fs::create_dir_all(dir.path().join("locks")).unwrap();
+            std::fs::write(dir.path().join("locks").join(&name), bytes).unwrap();
+            name
+        };
+        let no_wait = LockOptions {
+            wait: Duration::ZERO,
+            ..LockOptions::default()
+        };
+
+        let elsewhere = plant(Some("another-boot/pid:[1]".into()));
+        let err = repo.lock(LockKind::Prune, &no_wait).await.err().unwrap();
+        assert!(matches!(err, Error::RepositoryLocked { .. }), "{err}");
+        std::fs::remove_file(dir.path().join("locks").join(&elsewhere)).unwrap();
+
+        let ours = plant(process_scope());
+        assert!(process_scope().is_some(), "this test runs on Linux");
+        let prune = repo.lock(LockKind::Prune, &no_wait).await.unwrap();
+        assert!(
+            !dir.path().join("locks").join(&ours).exists(),
+            "the dead holder's lock was deleted"
+        );
+        // A live process of this scope (this one) still holds its lock.
+        let live = LockInfo {
+            pid: std::process::id(),
+            process_scope: process_scope(),
+            ..info(LockKind::Backup, 1800, now)
+        };
+        assert_eq!(judge(&live, true, now), Verdict::Conflict);
         prune.release().await;
     }
 
