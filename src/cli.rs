@@ -72,7 +72,7 @@ pub enum Command {
     /// List snapshots.
     Snapshots {
         /// Only snapshots of this service.
-        #[arg(long)]
+        #[arg(long, value_parser = service_name)]
         service: Option<String>,
     },
     /// List the items of a snapshot.
@@ -131,6 +131,19 @@ pub struct InitArgs {
     /// Key derivation cost of the first key slot.
     #[command(flatten)]
     pub kdf: KdfArgs,
+}
+
+/// An item type name, checked while the command line is parsed (so a typo is a usage error,
+/// exit 2, like any other bad argument).
+fn item_type(s: &str) -> Result<String, String> {
+    s.parse::<m365bk_gate::ItemType>()?;
+    Ok(s.to_owned())
+}
+
+/// A service name, checked while the command line is parsed.
+fn service_name(s: &str) -> Result<String, String> {
+    s.parse::<m365bk_gate::Service>()?;
+    Ok(s.to_owned())
 }
 
 fn parse_cipher(s: &str) -> Result<Cipher, String> {
@@ -213,13 +226,13 @@ pub struct UserArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Service to back up: exchange or onedrive.
-    #[arg(long)]
+    #[arg(long, value_parser = service_name)]
     pub service: String,
     /// Resources.
     #[command(flatten)]
     pub users: UserArgs,
     /// Exchange item types (comma-separated): mail, calendar, contacts, mailbox_settings, onenote. Default: all.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = item_type)]
     pub items: Vec<String>,
     /// Tag the new snapshots (repeatable); `forget --keep-tag`/`--tag` select by tag.
     #[arg(long = "tag", value_name = "TAG")]
@@ -254,7 +267,7 @@ pub struct ForgetArgs {
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
     /// Only consider snapshots of this service.
-    #[arg(long)]
+    #[arg(long, value_parser = service_name)]
     pub service: Option<String>,
     /// Show what would be forgotten; delete nothing.
     #[arg(long)]
@@ -315,13 +328,13 @@ pub enum PermissionsCommand {
     /// Get the job's tokens and report which of its permissions are granted (no data request).
     Check {
         /// Service: exchange, group_mailbox, onedrive, sharepoint, teams.
-        #[arg(long)]
+        #[arg(long, value_parser = service_name)]
         service: String,
         /// Operation: discovery, backup, recovery.
         #[arg(long)]
         operation: String,
         /// Exchange item types (comma-separated). Default: all.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = item_type)]
         items: Vec<String>,
         /// Conditional job variants to include (e.g. item_attachment, certificate_auth).
         #[arg(long = "condition")]

@@ -136,8 +136,23 @@ fn dedup_chain(chain: &[String]) -> String {
 }
 
 /// Maps an error to its exit code by type (never by message).
+/// Arguments that parse but ask for something that cannot be done as asked: exit 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn classify(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return ExitCode::Usage;
+        }
         if let Some(e) = cause.downcast_ref::<m365bk_store::Error>() {
             match e {
                 m365bk_store::Error::RepositoryNotFound { .. } => {
@@ -155,6 +170,7 @@ fn classify(err: &anyhow::Error) -> ExitCode {
                 | m365bk_store::Error::PassphraseRequired { .. } => {
                     return ExitCode::WrongPassphrase
                 }
+                m365bk_store::Error::InvalidPolicy { .. } => return ExitCode::Usage,
                 _ => {}
             }
         }
@@ -434,7 +450,10 @@ async fn backup(
     let mut spec = JobSpec::new(service, Operation::Backup, users);
     if let Some(items) = parse_items(&args.items)? {
         if service != Service::Exchange {
-            anyhow::bail!("--items selects Exchange item types; {service} backups take no --items");
+            return Err(UsageError(format!(
+                "--items selects Exchange item types; {service} backups take no --items"
+            ))
+            .into());
         }
         spec.selection.item_types = items;
     }

@@ -7,6 +7,9 @@ pub enum ExitCode {
     Success = 0,
     /// A failure not covered below.
     Failure = 1,
+    /// The command line asks for something that cannot be done as asked (bad arguments found by
+    /// the parser exit 2 too), e.g. `forget` without a retention rule.
+    Usage = 2,
     /// The job finished, but some items could not be read or written (listed in its report).
     Incomplete = 3,
     /// No repository at the configured location.

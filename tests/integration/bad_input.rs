@@ -71,11 +71,28 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
             "mail",
         ])
         .await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("take no --items"), "{}", run.stderr);
+    // A misspelt item type is a usage error, named with the valid ones.
+    let run = env
+        .run(&[
+            "backup",
+            "--service",
+            "exchange",
+            "--all-users",
+            "--items",
+            "mail,bogus",
+        ])
+        .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown item type \"bogus\"") && run.stderr.contains("contacts"),
+        "{}",
+        run.stderr
+    );
     // An unknown service filter is named, not an empty table.
     let run = env.run(&["snapshots", "--service", "bogus"]).await;
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("unknown service \"bogus\""),
         "{}",
