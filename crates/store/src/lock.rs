@@ -22,8 +22,9 @@
 //!   by default). The holder writes a new object every `ttl / 6` and then deletes the old one.
 //!   A lock object past its expiry is *stale*: it is ignored, and whoever sees it deletes it.
 //!   A crashed process therefore blocks prune for at most `ttl`; there is no unlock command.
-//!   A lock whose holder ran on this machine (same kernel boot and pid namespace, recorded in
-//!   the lock) and whose process is gone is stale at once: a backup killed here does not block
+//!   A lock whose holder ran on this machine (same host name, kernel boot and pid namespace,
+//!   recorded in the lock) and whose process is gone (`kill(pid, 0)` fails with ESRCH) is
+//!   stale at once: a backup killed here does not block
 //!   the next prune here. Holders elsewhere are judged by expiry only.
 //! - **Lost locks.** A holder that could not refresh in time no longer counts as holding the
 //!   lock: [`RepoLock::ensure_valid`] fails, and a backup checks it before each index and
@@ -169,17 +170,29 @@ fn process_scope() -> Option<String> {
         .clone()
 }
 
-/// True if `other` was taken by a process that this one can see is gone: same kernel boot and
-/// pid namespace, and no `/proc/<pid>`. A pid reused by a new process counts as alive (the lock
-/// then waits for its expiry); a holder elsewhere (another host, container or boot) is never
-/// judged gone, only expired.
+/// True if `other` was taken by a process that this one can see is gone: same host name, same
+/// kernel boot and pid namespace, and `kill(pid, 0)` answers ESRCH (no such process). Any other
+/// answer (alive, EPERM for another user's process, an error) counts as alive, and so does a
+/// pid reused by a new process: the lock then waits for its expiry. A holder elsewhere (another
+/// host, container or boot) is never judged gone, only expired.
 fn holder_is_gone(other: &LockInfo) -> bool {
-    match (&other.process_scope, process_scope()) {
-        (Some(theirs), Some(ours)) if *theirs == ours && other.pid != 0 => {
-            !std::path::Path::new(&format!("/proc/{}", other.pid)).exists()
-        }
-        _ => false,
+    let same_scope = matches!(
+        (&other.process_scope, process_scope()),
+        (Some(theirs), Some(ours)) if *theirs == ours
+    );
+    if !same_scope || other.hostname != crate::snapshot::hostname() {
+        return false;
     }
+    let Some(pid) = i32::try_from(other.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// How an acquirer sees another lock object.
@@ -794,6 +807,7 @@ mod tests {
 
     /// A lock left by a killed process of this host (same boot, same pid namespace) is stale at
     /// once; the same lock claiming another scope waits for its expiry.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn lock_of_a_process_that_is_gone_is_stale_at_once() {
         let (dir, repo) = repo().await;
@@ -804,6 +818,7 @@ mod tests {
         let plant = |scope: Option<String>| {
             let info = LockInfo {
                 pid: dead_pid,
+                hostname: crate::snapshot::hostname(),
                 process_scope: scope,
                 ..info(LockKind::Backup, 1800, now)
             };
@@ -836,10 +851,24 @@ mod tests {
         // A live process of this scope (this one) still holds its lock.
         let live = LockInfo {
             pid: std::process::id(),
+            hostname: crate::snapshot::hostname(),
             process_scope: process_scope(),
             ..info(LockKind::Backup, 1800, now)
         };
         assert_eq!(judge(&live, true, now), Verdict::Conflict);
+        // Pid 1 runs, whoever owns it (kill answers EPERM to a non-root caller): alive.
+        let init = LockInfo {
+            pid: 1,
+            ..live.clone()
+        };
+        assert_eq!(judge(&init, true, now), Verdict::Conflict);
+        // The dead pid under another host name: judged by expiry only.
+        let other_host = LockInfo {
+            pid: dead_pid,
+            hostname: "another-host".into(),
+            ..live
+        };
+        assert_eq!(judge(&other_host, true, now), Verdict::Conflict);
         prune.release().await;
     }
 
