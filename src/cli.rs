@@ -140,10 +140,10 @@ fn item_type(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// A service name, checked while the command line is parsed.
+/// A service name, checked while the command line is parsed, in its canonical spelling
+/// (`group-mailbox` becomes `group_mailbox`, as snapshots record it).
 fn service_name(s: &str) -> Result<String, String> {
-    s.parse::<m365bk_gate::Service>()?;
-    Ok(s.to_owned())
+    Ok(s.parse::<m365bk_gate::Service>()?.as_str().to_owned())
 }
 
 fn parse_cipher(s: &str) -> Result<Cipher, String> {

@@ -135,7 +135,6 @@ fn dedup_chain(chain: &[String]) -> String {
     out.join(": ")
 }
 
-/// Maps an error to its exit code by type (never by message).
 /// Arguments that parse but ask for something that cannot be done as asked: exit 2.
 #[derive(Debug)]
 struct UsageError(String);
@@ -148,6 +147,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Maps an error to its exit code by type (never by message).
 fn classify(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if cause.downcast_ref::<UsageError>().is_some() {
@@ -1113,6 +1113,11 @@ async fn forget(
         keep_tags: args.keep_tags.clone(),
         tags: args.tags.clone(),
     };
+    // Checked before the repository is opened, so a missing rule is exit 2 whatever the
+    // repository and passphrase.
+    if opts.keeps_nothing() {
+        return Err(UsageError("no retention rule given, so every snapshot would be forgotten: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-tag".to_owned()).into());
+    }
     let repo = open_repo(settings).await?;
     let report = match &args.service {
         None => repo.forget(&opts, args.dry_run, &lock_options()).await?,

@@ -1,4 +1,5 @@
-//! Exit codes: restic's where administrators' scripts already know them, sysexits otherwise.
+//! Exit codes: restic's where administrators' scripts already know them, sysexits otherwise;
+//! 2 for usage errors, as clap exits for the ones it finds (restic's 2 is a Go runtime error).
 
 /// How `m365bk` ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -259,7 +259,7 @@ async fn unencrypted_only_with_no_encryption_and_init_needs_a_passphrase() {
     assert!(run.stdout.contains("UNENCRYPTED"), "{}", run.stdout);
     assert!(run.stderr.contains("UNENCRYPTED"), "warned: {}", run.stderr);
     let config = std::fs::read(env.repo.join("config")).unwrap();
-    assert_eq!(&config[..6], b"MBKC\x03\x00");
+    assert_eq!(&config[..6], b"MBKC\x02\x00", "plaintext stays version 2");
     env.run_env(&["snapshots"], &[("M365BK_PASSPHRASE", None)])
         .await
         .ok();
@@ -321,7 +321,11 @@ async fn init_cipher_is_chosen_by_name() {
         .ok();
     assert!(run.stdout.contains("xchacha20-poly1305"), "{}", run.stdout);
     let config = std::fs::read(env.repo.join("config")).unwrap();
-    assert_eq!(&config[..6], b"MBKC\x03\x01");
+    assert_eq!(
+        &config[..6],
+        b"MBKC\x02\x01",
+        "XChaCha20-Poly1305 stays version 2"
+    );
     env.run(&["snapshots"]).await.ok();
     env.run(&["check", "--read-data"]).await.ok();
 }

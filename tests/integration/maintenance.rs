@@ -562,6 +562,9 @@ async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_its_process_is
 async fn forget_and_prune_refuse_bad_options_and_change_nothing() {
     // No simulator needed: nothing here talks to Microsoft.
     let env = Env::new("http://127.0.0.1:9");
+    // A missing rule is a usage error before anything else, even with no repository yet.
+    let r = env.run(&["forget"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
     env.run(&["init"]).await.ok();
     let before = env.repo_bytes();
 

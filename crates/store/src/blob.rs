@@ -233,7 +233,7 @@ mod tests {
         let key = [1u8; 32];
         let data = b"Subject: hello\r\n\r\nthe same words again and again ".repeat(4000);
         let id = blob_id(&key, &data);
-        for codec in [plain(), Codec::sealed(SealingKey::new(&random_key()))] {
+        for codec in [plain(), Codec::sealed(SealingKey::xchacha(&random_key()))] {
             let blob = encode(id, &data, 3, &codec);
             assert_eq!(blob.compression, Compression::Zstd);
             assert!(
@@ -260,7 +260,7 @@ mod tests {
         let blob = encode(blob_id(&key, small), small, 3, &plain());
         assert_eq!(blob.compression, Compression::None);
         // Sealed: raw plus nonce and tag, and no plaintext left.
-        let sealed = Codec::sealed(SealingKey::new(&random_key()));
+        let sealed = Codec::sealed(SealingKey::xchacha(&random_key()));
         let blob = encode(id, &data, 3, &sealed);
         assert_eq!(blob.compression, Compression::None);
         assert_eq!(blob.data.len(), data.len() + SEAL_OVERHEAD);
@@ -299,7 +299,7 @@ mod tests {
         let key = [2u8; 32];
         let data = vec![5u8; 1000];
         let id = blob_id(&key, &data);
-        for codec in [plain(), Codec::sealed(SealingKey::new(&random_key()))] {
+        for codec in [plain(), Codec::sealed(SealingKey::xchacha(&random_key()))] {
             let blob = encode(id, &data, 3, &codec);
             let mut damaged = blob.data.to_vec();
             let last = damaged.len() - 1;

@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_version_2_xchacha_config_still_reads() {
-        let codec = Codec::sealed_version(SealingKey::new(&crypto::random_key()), 2);
+        let codec = Codec::sealed_version(SealingKey::xchacha(&crypto::random_key()), 2);
         let mut config = RepoConfig::generate(Some(Cipher::XChaCha20Poly1305));
         config.version = 2;
         let bytes = config.encode(&codec).unwrap();

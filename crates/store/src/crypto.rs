@@ -6,8 +6,9 @@
 //! - **XAES-256-GCM** (C2SP, <https://c2sp.org/XAES-256-GCM>), the default since format
 //!   version 3: a per-unit AES-256 key derived from the master key and the first 12 nonce bytes
 //!   (two AES block operations, NIST SP 800-108r1 counter-mode KDF with CMAC), then AES-256-GCM
-//!   (NIST SP 800-38D) with the last 12 bytes as its nonce. AES-NI/VAES make it about ten times
-//!   faster than XChaCha20-Poly1305 on the machines we measured (14 against 1.2 GB/s).
+//!   (NIST SP 800-38D) with the last 12 bytes as its nonce. With AES-NI/VAES it seals a 256 KiB
+//!   chunk 5.5 times faster than XChaCha20-Poly1305 here (5.9 against 1.07 GiB/s; raw AEAD
+//!   throughput 14 against 1.2 GB/s).
 //! - **XChaCha20-Poly1305** (the construction of the expired IETF draft `draft-irtf-cfrg-xchacha`:
 //!   HChaCha20 subkey + ChaCha20-Poly1305 of RFC 8439): format version 2, key slots, and
 //!   repositories made with `--cipher xchacha20-poly1305` (machines without AES instructions).
@@ -200,7 +201,7 @@ pub(crate) fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
 
 impl SealingKey {
     /// An XChaCha20-Poly1305 key (key slots, format version 2).
-    pub(crate) fn new(bytes: &[u8; KEY_LEN]) -> Self {
+    pub(crate) fn xchacha(bytes: &[u8; KEY_LEN]) -> Self {
         Self::with_cipher(bytes, Cipher::XChaCha20Poly1305)
     }
 

@@ -42,6 +42,15 @@ pub(crate) const fn envelope_cipher(envelope: u8) -> Option<Cipher> {
     }
 }
 
+/// The format version a new repository gets: the lowest that can express it (3 for
+/// XAES-256-GCM, 2 otherwise), so the builds that wrote version 2 can read what they could.
+pub(crate) const fn version_for(cipher: Option<Cipher>) -> u8 {
+    match cipher {
+        Some(Cipher::Xaes256Gcm) => 3,
+        _ => 2,
+    }
+}
+
 /// The first format version with `envelope`.
 const fn envelope_since(envelope: u8) -> u8 {
     match envelope {
@@ -181,6 +190,11 @@ impl Codec {
             version,
             key: Some(Arc::new(key)),
         }
+    }
+
+    /// The header version of the objects this codec writes.
+    pub(crate) fn version(&self) -> u8 {
+        self.version
     }
 
     pub(crate) fn is_sealed(&self) -> bool {
@@ -424,7 +438,7 @@ mod tests {
         assert!(err.to_string().contains("stored in plaintext"), "{err}");
 
         // The other cipher's envelope, under this repository's key: refused by name.
-        let xchacha = Codec::sealed(SealingKey::new(&random_key()));
+        let xchacha = Codec::sealed(SealingKey::xchacha(&random_key()));
         let other = xchacha.encode(ObjectKind::Snapshot, b"{}");
         assert_eq!(&other[..6], b"MBKS\x03\x01");
         let err = sealed
@@ -451,7 +465,7 @@ mod tests {
             assert!(matches!(err, Error::UnsupportedEncoding { .. }), "{err}");
         }
         // A version-2 repository keeps writing version-2 headers.
-        let v2 = Codec::sealed_version(SealingKey::new(&random_key()), 2);
+        let v2 = Codec::sealed_version(SealingKey::xchacha(&random_key()), 2);
         assert_eq!(&v2.encode(ObjectKind::Index, b"i")[..6], b"MBKI\x02\x01");
     }
 }

@@ -916,7 +916,9 @@ mod tests {
         assert_eq!(&bytes[..4], b"MBKI");
         assert_eq!(decode_index(&codec, &id, &bytes).unwrap(), packs);
 
-        let sealed = Codec::sealed(crate::crypto::SealingKey::new(&crate::crypto::random_key()));
+        let sealed = Codec::sealed(crate::crypto::SealingKey::xchacha(
+            &crate::crypto::random_key(),
+        ));
         let (sealed_id, sealed_bytes) = encode_index(&sealed, &packs, 3).unwrap();
         assert_eq!(
             decode_index(&sealed, &sealed_id, &sealed_bytes).unwrap(),

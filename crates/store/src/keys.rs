@@ -209,7 +209,7 @@ pub(crate) fn create_slot(
     })?;
     let header = format::header(ObjectKind::Key, KEY_SLOT_VERSION, ENVELOPE_PLAIN);
     let mut wrapped = Vec::with_capacity(SEAL_OVERHEAD + KEY_LEN);
-    SealingKey::new(&kek).seal_append(&header, Label::KeySlot, master, &mut wrapped);
+    SealingKey::xchacha(&kek).seal_append(&header, Label::KeySlot, master, &mut wrapped);
     let file = KeySlotFile {
         created: Utc::now(),
         hostname: snapshot::hostname(),
@@ -309,7 +309,7 @@ impl KeySlot {
     pub(crate) fn unlock(&self, passphrase: &SecretString) -> Option<Zeroizing<[u8; KEY_LEN]>> {
         let params = self.kdf.argon2().ok()?;
         let kek = derive(passphrase, &self.salt, params).ok()?;
-        let master = SealingKey::new(&kek)
+        let master = SealingKey::xchacha(&kek)
             .open(&self.header, Label::KeySlot, &self.wrapped)
             .ok()?;
         let master = Zeroizing::new(master);

@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn trailer_round_trips_and_id_is_hash() {
-        for codec in [plain(), Codec::sealed(SealingKey::new(&random_key()))] {
+        for codec in [plain(), Codec::sealed(SealingKey::xchacha(&random_key()))] {
             let (sealed, bytes) = build(&codec, &[b"one", &[0u8; 10_000], b"three"]);
             assert_eq!(sealed.size, bytes.len() as u64);
             assert_eq!(sealed.id.as_bytes(), blake3::hash(&bytes).as_bytes());
@@ -274,14 +274,14 @@ mod tests {
 
     #[test]
     fn sealed_pack_hides_ids_and_content() {
-        let codec = Codec::sealed(SealingKey::new(&random_key()));
+        let codec = Codec::sealed(SealingKey::xchacha(&random_key()));
         let (sealed, bytes) = build(&codec, &[b"secret words here", b"more secret words"]);
         assert!(!bytes.windows(6).any(|w| w == b"secret"));
         for e in &sealed.entries {
             assert!(!bytes.windows(32).any(|w| w == e.id.as_bytes()));
         }
         // Another key cannot read the trailer.
-        let other = Codec::sealed(SealingKey::new(&random_key()));
+        let other = Codec::sealed(SealingKey::xchacha(&random_key()));
         let err = parse_pack(&other, &sealed.id, &bytes).unwrap_err();
         assert!(
             err.to_string().contains("trailer fails authentication"),
@@ -308,7 +308,7 @@ mod tests {
         assert!(err.to_string().contains("no pack footer"), "{err}");
         assert!(err.to_string().contains(&sealed.id.to_hex()), "{err}");
 
-        let codec = Codec::sealed(SealingKey::new(&random_key()));
+        let codec = Codec::sealed(SealingKey::xchacha(&random_key()));
         let (sealed, mut bytes) = build(&codec, &[b"one", b"two"]);
         let at = bytes.len() - FOOTER_LEN - 40;
         bytes[at] ^= 1;

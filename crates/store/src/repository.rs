@@ -16,7 +16,7 @@ use crate::chunker::Chunker;
 use crate::config::{RepoConfig, CONFIG_NAME};
 use crate::crypto::{Cipher, SealingKey, KEY_LEN};
 use crate::error::{Error, Result};
-use crate::format::{self, Codec, ObjectKind, ENVELOPE_PLAIN, FORMAT_VERSION};
+use crate::format::{self, Codec, ObjectKind, ENVELOPE_PLAIN};
 use crate::id::{BlobId, KeyId, SnapshotId};
 use crate::index::{Index, Located};
 use crate::index_cache::CacheLocation;
@@ -230,18 +230,22 @@ impl Repository {
             Err(e) => return Err(Error::backend("stat", CONFIG_NAME)(e)),
         }
         let (codec, master, current) = match opts.encryption {
-            Encryption::None => (Codec::plain(FORMAT_VERSION), None, None),
+            Encryption::None => (Codec::plain(format::version_for(None)), None, None),
             Encryption::Passphrase(passphrase) => {
                 let master = keys::generate_master_key();
                 let id = keys::add_slot(&*store, master.clone(), passphrase, opts.kdf).await?;
                 (
-                    Codec::sealed(SealingKey::with_cipher(&master, opts.cipher)),
+                    Codec::sealed_version(
+                        SealingKey::with_cipher(&master, opts.cipher),
+                        format::version_for(Some(opts.cipher)),
+                    ),
                     Some(master),
                     Some(id),
                 )
             }
         };
         let mut config = RepoConfig::generate(codec.key().map(SealingKey::cipher));
+        config.version = u32::from(codec.version());
         let bytes = Bytes::from(config.encode(&codec)?);
         config.blob_id.key.zeroize();
         match store

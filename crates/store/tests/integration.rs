@@ -1134,10 +1134,12 @@ mod encryption {
             cipher: Cipher::XChaCha20Poly1305,
             ..opts()
         };
-        for (init, envelope) in [
-            (opts(), 2u8),
-            (xchacha, 1),
-            (InitOptions::no_encryption(), 0),
+        // (options, header version and envelope of every object but the key slots): the lowest
+        // version that can express the repository, so older builds read what they can.
+        for (init, version, envelope) in [
+            (opts(), 3u8, 2u8),
+            (xchacha, 2, 1),
+            (InitOptions::no_encryption(), 2, 0),
         ] {
             let encrypted = envelope != 0;
             let dir = tempfile::tempdir().unwrap();
@@ -1167,15 +1169,6 @@ mod encryption {
                     "readable in an encrypted repository: {found:?}"
                 );
                 assert!(files.keys().any(|p| p.starts_with(dir.path().join("keys"))));
-                // Version 3, the cipher's envelope; key slots keep their version-2 format.
-                for (path, bytes) in &files {
-                    let want = if path.starts_with(dir.path().join("keys")) {
-                        [2, 0]
-                    } else {
-                        [3, envelope]
-                    };
-                    assert_eq!(bytes[4..6], want, "{}", path.display());
-                }
             } else {
                 assert_eq!(
                     found.len(),
@@ -1183,6 +1176,15 @@ mod encryption {
                     "the test would see plaintext: {found:?}"
                 );
                 assert!(!dir.path().join("keys").exists());
+            }
+            // Key slots keep their version-2 format.
+            for (path, bytes) in &files {
+                let want = if path.starts_with(dir.path().join("keys")) {
+                    [2, 0]
+                } else {
+                    [version, envelope]
+                };
+                assert_eq!(bytes[4..6], want, "{}", path.display());
             }
         }
     }
@@ -1448,18 +1450,28 @@ mod encryption {
         assert_eq!(report.blobs_checked, 2);
 
         // New backups into it keep its format: version-1 plaintext objects.
+        back_up_one_keeping_the_format(&repo, root, |_| [1, 0]).await;
+        let repo = Repository::open(&loc(root), None).await.unwrap();
+        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
+    }
+
+    /// Backs up one item into an older-format repository at `root`, then checks every object's
+    /// header version and envelope against `want(path)`: new objects keep the old format.
+    async fn back_up_one_keeping_the_format(
+        repo: &Repository,
+        root: &Path,
+        want: impl Fn(&Path) -> [u8; 2],
+    ) {
         let backup = repo.begin_backup().await.unwrap();
-        let c = store(&backup, b"written by version 2", &[7]).await;
+        let c = store(&backup, b"written by a newer build", &[7]).await;
         backup
             .commit_snapshot(draft("bob", vec![item("a", Some(c))]))
             .await
             .unwrap();
         backup.finish().await.unwrap();
         for (path, bytes) in tree(root) {
-            assert_eq!(&bytes[4..6], &[1, 0], "{}", path.display());
+            assert_eq!(bytes[4..6], want(&path), "{}", path.display());
         }
-        let repo = Repository::open(&loc(root), None).await.unwrap();
-        assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
     }
 
     /// The files `tests/fixtures/v2-repository` was made from (see `tests/fixtures/README.md`).
@@ -1509,21 +1521,14 @@ mod encryption {
         let report = repo.check(CheckOptions::read_data()).await.unwrap();
         assert!(report.is_ok(), "{:#?}", report.errors);
 
-        let backup = repo.begin_backup().await.unwrap();
-        let c = store(&backup, b"written by version 3", &[7]).await;
-        backup
-            .commit_snapshot(draft("bob", vec![item("a", Some(c))]))
-            .await
-            .unwrap();
-        backup.finish().await.unwrap();
-        for (path, bytes) in tree(root) {
-            let want = if path.starts_with(root.join("keys")) {
+        back_up_one_keeping_the_format(&repo, root, |path| {
+            if path.starts_with(root.join("keys")) {
                 [2, 0]
             } else {
                 [2, 1]
-            };
-            assert_eq!(bytes[4..6], want, "{}", path.display());
-        }
+            }
+        })
+        .await;
         let repo = Repository::open(&loc(root), pass()).await.unwrap();
         assert_eq!(repo.list_snapshots().await.unwrap().len(), 2);
         assert!(repo.check(CheckOptions::read_data()).await.unwrap().is_ok());
