@@ -1030,6 +1030,10 @@ async fn check(
                 "errors": report.errors.iter().map(|p| json!({
                     "object": p.object, "problem": p.problem,
                     "affected_snapshots": p.affected_snapshots.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    "affected_items": p.affected_items.iter().map(|i| json!({
+                        "snapshot": i.snapshot.to_string(), "path": i.path,
+                    })).collect::<Vec<_>>(),
+                    "more_affected_items": p.more_affected_items,
                 })).collect::<Vec<_>>(),
             })
         );
@@ -1068,6 +1072,22 @@ async fn check(
                 p.problem,
                 affected.join(", ")
             );
+            const SHOWN: usize = 20;
+            for item in p.affected_items.iter().take(SHOWN) {
+                println!(
+                    "  affected item: snapshot {} {}",
+                    short(&item.snapshot.to_string()),
+                    item.path
+                );
+            }
+            let more =
+                (p.affected_items.len().saturating_sub(SHOWN)) as u64 + p.more_affected_items;
+            if more > 0 {
+                println!(
+                    "  … and {more} more affected item(s) (--json lists up to {})",
+                    m365bk_store::MAX_AFFECTED_ITEMS
+                );
+            }
         }
     }
     if report.errors.is_empty() {

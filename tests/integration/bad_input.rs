@@ -260,6 +260,14 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         "check names the affected snapshot: {}",
         run.stdout
     );
+    assert!(
+        run.stdout.contains(&format!(
+            "affected item: snapshot {} Corrupt/new-file.bin",
+            &second_id[..12]
+        )),
+        "check names the affected item: {}",
+        run.stdout
+    );
     let run = env
         .run(&[
             "restore",

@@ -49,7 +49,7 @@ impl CheckOptions {
 }
 
 /// One problem found by `check`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckProblem {
     /// The object concerned: its path in the repository (`data/ab/…`, `index/…`, `snapshots/…`).
     pub object: String,
@@ -57,7 +57,27 @@ pub struct CheckProblem {
     pub problem: String,
     /// Snapshots whose data the problem makes (partly) unrestorable.
     pub affected_snapshots: Vec<SnapshotId>,
+    /// For a damaged pack: the items whose content is in its damaged blobs, by snapshot (at most
+    /// [`MAX_AFFECTED_ITEMS`]; the rest are counted in `more_affected_items`).
+    #[serde(default)]
+    pub affected_items: Vec<AffectedItem>,
+    /// Affected items beyond those listed in `affected_items`.
+    #[serde(default)]
+    pub more_affected_items: u64,
 }
+
+/// An item (mail message, file, …) a damaged pack leaves (partly) unrestorable.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AffectedItem {
+    /// The snapshot holding it.
+    pub snapshot: SnapshotId,
+    /// Its path in that snapshot (`Inbox/…`, `Documents/…`), as `m365bk ls` shows it.
+    pub path: String,
+}
+
+/// Items named per damaged pack; more are only counted, so that a pack shared by millions of
+/// items does not make the report as large as the catalog.
+pub const MAX_AFFECTED_ITEMS: usize = 1000;
 
 /// The outcome of `check`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +110,8 @@ impl CheckReport {
 struct PackTrouble {
     problems: Vec<String>,
     affected: BTreeSet<SnapshotId>,
+    items: BTreeSet<AffectedItem>,
+    more_items: u64,
 }
 
 impl Repository {
@@ -146,6 +168,7 @@ impl Repository {
                     object: index::index_path(&id).to_string(),
                     problem: e.to_string(),
                     affected_snapshots: Vec::new(),
+                    ..Default::default()
                 }),
             }
         }
@@ -239,31 +262,39 @@ impl Repository {
                         object,
                         problem: e.to_string(),
                         affected_snapshots: vec![id],
+                        ..Default::default()
                     });
                     continue;
                 }
             };
             let mut missing: Vec<BlobId> = Vec::new();
+            // Marks the snapshot as affected by each troubled pack `content` needs; returns
+            // those packs.
             let mut visit = |content: &ContentRef,
                              troubles: &mut BTreeMap<PackId, PackTrouble>,
-                             missing: &mut Vec<BlobId>| {
+                             missing: &mut Vec<BlobId>|
+             -> Vec<PackId> {
+                let mut hit = Vec::new();
                 for blob in &content.blobs {
                     referenced.insert(*blob);
                     match index.get(blob) {
                         None => missing.push(*blob),
                         Some(loc) => {
-                            if damaged.contains(blob) {
+                            // A missing or truncated pack not read blob by blob: assume the
+                            // worst for every blob in it.
+                            let affected = damaged.contains(blob)
+                                || (troubles.contains_key(&loc.pack.id)
+                                    && !packs_read.contains(&loc.pack.id));
+                            if affected {
                                 troubles.entry(loc.pack.id).or_default().affected.insert(id);
-                            } else if let Some(t) = troubles.get_mut(&loc.pack.id) {
-                                // Missing or truncated pack not read blob by blob: assume
-                                // the worst.
-                                if !packs_read.contains(&loc.pack.id) {
-                                    t.affected.insert(id);
+                                if !hit.contains(&loc.pack.id) {
+                                    hit.push(loc.pack.id);
                                 }
                             }
                         }
                     }
                 }
+                hit
             };
             visit(&snapshot.tree, &mut troubles, &mut missing);
             let tree_indexed = missing.is_empty();
@@ -273,8 +304,19 @@ impl Repository {
                 Ok(items) => {
                     report.snapshots_checked += 1;
                     for item in &items {
-                        if let Some(content) = &item.content {
-                            visit(content, &mut troubles, &mut missing);
+                        let Some(content) = &item.content else {
+                            continue;
+                        };
+                        for pack in visit(content, &mut troubles, &mut missing) {
+                            let t = troubles.entry(pack).or_default();
+                            if t.items.len() < MAX_AFFECTED_ITEMS {
+                                t.items.insert(AffectedItem {
+                                    snapshot: id,
+                                    path: item.path.clone(),
+                                });
+                            } else {
+                                t.more_items += 1;
+                            }
                         }
                     }
                 }
@@ -282,6 +324,7 @@ impl Repository {
                     object: object.clone(),
                     problem: format!("item list unreadable: {e}"),
                     affected_snapshots: vec![id],
+                    ..Default::default()
                 }),
             }
             if !missing.is_empty() {
@@ -310,6 +353,7 @@ impl Repository {
                         missing[0]
                     ),
                     affected_snapshots: vec![id],
+                    ..Default::default()
                 });
             }
         }
@@ -324,17 +368,31 @@ impl Repository {
             let what = if trouble.affected.is_empty() {
                 "no snapshot refers to its damaged blobs; prune will remove it".to_owned()
             } else {
+                let items = trouble.items.len() as u64 + trouble.more_items;
+                let who = if items > 0 {
+                    format!(
+                        "{items} item(s) in {} snapshot(s) are affected (listed with this problem)",
+                        trouble.affected.len()
+                    )
+                } else {
+                    format!(
+                        "{} snapshot(s) are affected (their items could not be listed)",
+                        trouble.affected.len()
+                    )
+                };
                 format!(
-                    "restore the items of the {} affected snapshot(s) from an earlier snapshot; a new backup \
-                     deduplicates against the damaged blobs and does not store them again, so back up into a \
-                     new repository (`m365bk init` with another repository.url) until the repository can be repaired",
-                    trouble.affected.len()
+                    "{who}; restore them from a snapshot this check does not list, if one holds them; a new \
+                     backup deduplicates against the damaged blobs and does not store them again, so back up \
+                     into a new repository (`m365bk init` with another repository.url) until the repository \
+                     can be repaired"
                 )
             };
             report.errors.push(CheckProblem {
                 object: pack_path(&id).to_string(),
                 problem: format!("pack is damaged: {}; {what}", trouble.problems.join("; ")),
                 affected_snapshots: trouble.affected.into_iter().collect(),
+                affected_items: trouble.items.into_iter().collect(),
+                more_affected_items: trouble.more_items,
             });
         }
         tracing::info!(

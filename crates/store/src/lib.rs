@@ -113,7 +113,7 @@ pub use backup::{BackupWriter, ContentWriter, IndexCheckpoint, WriteStats};
 pub use catalog::{
     Catalog, DeltaPageRow, ItemJournal, ItemRow, JobRun, SnapshotRow, StoredItem, SyncStats,
 };
-pub use check::{CheckOptions, CheckProblem, CheckReport};
+pub use check::{AffectedItem, CheckOptions, CheckProblem, CheckReport, MAX_AFFECTED_ITEMS};
 pub use crypto::Cipher;
 pub use error::{Error, Result};
 pub use forget::{ForgetGroup, ForgetOptions, ForgetPlan, ForgetReport, PlannedSnapshot};

@@ -771,6 +771,22 @@ mod damage {
             problem.problem
         );
         assert_eq!(problem.affected_snapshots, vec![snap_a.id]);
+        // The item is named, not only its snapshot.
+        assert_eq!(
+            problem.affected_items,
+            vec![m365bk_store::AffectedItem {
+                snapshot: snap_a.id,
+                path: "a.bin".into()
+            }]
+        );
+        assert_eq!(problem.more_affected_items, 0);
+        assert!(
+            problem
+                .problem
+                .contains("1 item(s) in 1 snapshot(s) are affected"),
+            "{}",
+            problem.problem
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -844,6 +860,10 @@ mod damage {
         );
         assert!(p.problem.contains("truncated"), "{}", p.problem);
         assert_eq!(p.affected_snapshots, vec![snap_b.id]);
+        assert!(
+            p.affected_items.is_empty() && p.problem.contains("their items could not be listed"),
+            "{p:?}"
+        );
         // B's item list lived in the lost half too.
         assert!(report
             .errors
