@@ -219,15 +219,6 @@ async fn remove_bulk(sim: &Sim, bulk: Bulk) {
     }
 }
 
-async fn set_latency(sim: &Sim, ms: u64) {
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({ "latency_ms": ms }).to_string().into_bytes(),
-    )
-    .await;
-}
-
 fn base64_lines(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len() * 4 / 3 + data.len() / 38 + 8);
@@ -418,9 +409,9 @@ async fn kill_9_at_random_points_of_backups_loses_nothing() {
         for service in ["exchange", "onedrive"] {
             backup_ok(&sim, &scratch, service, &mut ignored).await;
             let bulk = change_tenant(&sim, &mut rng, 1000, service).await;
-            set_latency(&sim, LATENCY_MS).await;
+            sim.set_latency(LATENCY_MS).await;
             let took = backup_ok(&sim, &scratch, service, &mut ignored).await;
-            set_latency(&sim, 0).await;
+            sim.set_latency(0).await;
             remove_bulk(&sim, bulk).await;
             duration.insert(service, took);
         }
@@ -446,10 +437,10 @@ async fn kill_9_at_random_points_of_backups_loses_nothing() {
         // as not interrupted.
         let span = duration[service].as_millis().max(1) as u64;
         let delay = Duration::from_millis(rng.range(0, span + span / 5));
-        set_latency(&sim, LATENCY_MS).await;
+        sim.set_latency(LATENCY_MS).await;
         let log = env.dir.path().join(format!("killed-{round}.log"));
         let outcome = backup_killed_after(&env, service, delay, &log).await;
-        set_latency(&sim, 0).await;
+        sim.set_latency(0).await;
         remove_bulk(&sim, bulk).await;
         let killed = outcome.killed;
         if killed {

@@ -208,6 +208,19 @@ roles = [{}]
         r.json().await.unwrap()
     }
 
+    /// Sets the simulator's added latency per request (`faults.latency_ms`), in milliseconds;
+    /// 0 removes it. Replaces any other injected faults.
+    pub async fn set_latency(&self, ms: u64) {
+        self.admin(
+            reqwest::Method::PUT,
+            "faults",
+            serde_json::json!({ "latency_ms": ms })
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    }
+
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> Value {
         let r = self
             .http

@@ -344,12 +344,7 @@ async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
 
     // 4. Again, with the backups first (slowed down by the simulator) and the prune started
     //    while they hold their locks: it waits for them, then runs.
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({ "latency_ms": 100 }).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(100).await;
     let ex = spawn(
         &env,
         &[
@@ -383,12 +378,7 @@ async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
         finish(od, "backup onedrive"),
         finish(pr, "prune")
     );
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({ "latency_ms": 0 }).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(0).await;
     assert_eq!(
         (ex.0, od.0, pr.0),
         (0, 0, 0),
@@ -455,12 +445,7 @@ async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_its_process_is
     let want = content_set(&sim.export(&users[0]).await, "drive", "");
 
     // A slow backup holding a lock that lives 10 minutes unless refreshed.
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({ "latency_ms": 300 }).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(300).await;
     let mut child = spawn(
         &env,
         &[
@@ -503,12 +488,7 @@ async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_its_process_is
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(9), "killed while running");
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({ "latency_ms": 0 }).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(0).await;
     assert_eq!(
         lock_objects(&env).len(),
         1,

@@ -184,12 +184,7 @@ async fn killed_backup_resumes_delta_without_the_pages_it_saved() {
     let tmp = tempfile::tempdir().unwrap();
     let (sim, env) = start(tmp.path(), "exchange", "page_size = 2\n").await;
     let source = sim.export(ADELE).await;
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({"latency_ms": 150}).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(150).await;
     sim.clear_requests().await;
 
     let backup = ["--json", "backup", "--service", "exchange", "--user", ADELE];
@@ -387,12 +382,7 @@ const CONCURRENCY: usize = 2;
 /// adding 100 ms to each request, and kills it (SIGKILL) once `index_files` index files are in
 /// the repository, before any snapshot.
 async fn kill_after_index_checkpoints(sim: &Sim, env: &Env, args: &[&str], index_files: usize) {
-    sim.admin(
-        Method::PUT,
-        "faults",
-        json!({"latency_ms": 100}).to_string().into_bytes(),
-    )
-    .await;
+    sim.set_latency(100).await;
     sim.clear_requests().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_m365bk"));
     cmd.arg("--config")
