@@ -351,10 +351,10 @@ pub enum RepairCommand {
     Catalog,
 }
 
-/// `10` or `10%` → 10: a whole percentage from 1 to 100 (through [`parse_percent`]).
+/// `10` or `10%` → 10: a whole percentage from 1 to 100.
 fn parse_subset_percent(text: &str) -> Result<u8, String> {
-    let v = parse_percent(text)?;
-    if v >= 1.0 && v.fract() == 0.0 {
+    let v = parse_percent(text).unwrap_or(f64::NAN);
+    if (1.0..=100.0).contains(&v) && v.fract() == 0.0 {
         Ok(v as u8)
     } else {
         Err(format!(
@@ -386,8 +386,11 @@ mod tests {
                 read_data_subset: Some(25)
             }
         ));
-        let err = Opts::try_parse_from(["m365bk", "check", "--read-data-subset", "0"]).unwrap_err();
-        assert!(err.to_string().contains("from 1 to 100"), "{err}");
-        assert!(Opts::try_parse_from(["m365bk", "check", "--read-data-subset", "150"]).is_err());
+        // One message for every bad value.
+        for bad in ["0", "150", "abc", "2.5"] {
+            let err =
+                Opts::try_parse_from(["m365bk", "check", "--read-data-subset", bad]).unwrap_err();
+            assert!(err.to_string().contains("from 1 to 100"), "{bad}: {err}");
+        }
     }
 }

@@ -170,7 +170,9 @@ fn classify(err: &anyhow::Error) -> ExitCode {
                 | m365bk_store::Error::PassphraseRequired { .. } => {
                     return ExitCode::WrongPassphrase
                 }
-                m365bk_store::Error::InvalidPolicy { .. } => return ExitCode::Usage,
+                // Both come from the command line (key derivation: its flags or M365BK_KDF_*).
+                m365bk_store::Error::InvalidPolicy { .. }
+                | m365bk_store::Error::InvalidKdfParams { .. } => return ExitCode::Usage,
                 _ => {}
             }
         }
@@ -1027,6 +1029,7 @@ async fn check(
                 "unindexed_packs": report.unindexed_packs.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "blobs_checked": report.blobs_checked,
                 "snapshots_checked": report.snapshots_checked,
+                "snapshots_unreadable": report.snapshots_unreadable,
                 "errors": report.errors.iter().map(|p| json!({
                     "object": p.object, "problem": p.problem,
                     "affected_snapshots": p.affected_snapshots.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -1052,6 +1055,12 @@ async fn check(
             println!(
                 "checked {} snapshot(s) and the {} blob(s) they refer to against the index (packs not read: add --read-data to read and re-hash them)",
                 report.snapshots_checked, report.blobs_checked
+            );
+        }
+        if report.snapshots_unreadable > 0 {
+            println!(
+                "{} more snapshot(s) could not be read, or their item lists could not (listed below)",
+                report.snapshots_unreadable
             );
         }
         if !report.unindexed_packs.is_empty() {

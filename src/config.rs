@@ -263,10 +263,22 @@ pub struct Settings {
     pub throttle: m365bk_graph::ThrottleOptions,
 }
 
+/// A correct value for URL setting `key`, for error messages.
+fn url_example(key: &str) -> &'static str {
+    match key {
+        "tenant.graph_url" => DEFAULT_GRAPH,
+        "tenant.authority" | "tenant.authority_url" => DEFAULT_AUTHORITY,
+        _ => "https://host.example/path",
+    }
+}
+
 fn parse_url(path: &Path, key: &str, value: &str) -> Result<url::Url, ConfigError> {
     let u = url::Url::parse(value).map_err(|e| ConfigError::Invalid {
         path: path.to_path_buf(),
-        detail: format!("{key} = {value:?} is not a URL ({e}); example: {key} = \"https://login.microsoftonline.com\""),
+        detail: format!(
+            "{key} = {value:?} is not a URL ({e}); example: {key} = \"{}\"",
+            url_example(key)
+        ),
     })?;
     if !matches!(u.scheme(), "https" | "http") {
         return Err(ConfigError::Invalid {

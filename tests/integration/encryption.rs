@@ -314,6 +314,12 @@ async fn init_cipher_is_chosen_by_name() {
         .await;
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(!env.repo.join("config").exists(), "nothing created");
+    // Impossible key derivation settings are a usage error too.
+    let run = env
+        .run_env(&["init"], &[("M365BK_KDF_MEMORY_KIB", Some("1"))])
+        .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(!env.repo.join("config").exists(), "nothing created");
 
     let run = env
         .run(&["init", "--cipher", "xchacha20-poly1305"])

@@ -475,7 +475,7 @@ async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_its_process_is
         "backup lock (shared)",
         &format!("pid {pid}"),
         "--lock-wait",
-        "goes stale at",
+        "ignored at once by m365bk on that host",
     ] {
         assert!(
             refused.stderr.contains(needle),

@@ -93,6 +93,9 @@ pub struct CheckReport {
     pub blobs_checked: u64,
     /// Snapshots whose item lists were read and checked.
     pub snapshots_checked: u64,
+    /// Snapshots that could not be read, or whose item lists could not (each is also an error).
+    #[serde(default)]
+    pub snapshots_unreadable: u64,
     /// Packs in `data/` listed in no index file: left by an interrupted backup (harmless, prune
     /// removes them) or by a lost index file. Not counted as errors.
     pub unindexed_packs: Vec<PackId>,
@@ -258,6 +261,7 @@ impl Repository {
             let snapshot = match inner.load_snapshot(id).await {
                 Ok(s) => s,
                 Err(e) => {
+                    report.snapshots_unreadable += 1;
                     report.errors.push(CheckProblem {
                         object,
                         problem: e.to_string(),
@@ -300,7 +304,9 @@ impl Repository {
             let tree_indexed = missing.is_empty();
             match read_items(self, &index, &snapshot).await {
                 // Reported below with the blobs missing from the index.
-                Err(Error::BlobNotIndexed { .. }) if !tree_indexed => {}
+                Err(Error::BlobNotIndexed { .. }) if !tree_indexed => {
+                    report.snapshots_unreadable += 1;
+                }
                 Ok(items) => {
                     report.snapshots_checked += 1;
                     for item in &items {
@@ -320,12 +326,15 @@ impl Repository {
                         }
                     }
                 }
-                Err(e) => report.errors.push(CheckProblem {
-                    object: object.clone(),
-                    problem: format!("item list unreadable: {e}"),
-                    affected_snapshots: vec![id],
-                    ..Default::default()
-                }),
+                Err(e) => {
+                    report.snapshots_unreadable += 1;
+                    report.errors.push(CheckProblem {
+                        object: object.clone(),
+                        problem: format!("item list unreadable: {e}"),
+                        affected_snapshots: vec![id],
+                        ..Default::default()
+                    });
+                }
             }
             if !missing.is_empty() {
                 missing.sort();
@@ -365,7 +374,13 @@ impl Repository {
             if trouble.problems.is_empty() {
                 continue;
             }
-            let what = if trouble.affected.is_empty() {
+            let what = if trouble.affected.is_empty() && report.snapshots_unreadable > 0 {
+                format!(
+                    "no readable snapshot refers to its damaged blobs, but {} snapshot(s) could not be read \
+                     (their own problems are listed) and may; prune removes the pack once those are dealt with",
+                    report.snapshots_unreadable
+                )
+            } else if trouble.affected.is_empty() {
                 "no snapshot refers to its damaged blobs; prune will remove it".to_owned()
             } else {
                 let items = trouble.items.len() as u64 + trouble.more_items;

@@ -267,7 +267,7 @@ pub enum Error {
 
     /// SQLite failed.
     #[error(
-        "catalog {path} failed: {source}; the catalog is only a cache: if this persists, delete the file and run `m365bk catalog rebuild`"
+        "catalog {path} failed: {source}; the catalog is only a cache: if this persists, delete the file and run `m365bk repair catalog`"
     )]
     Catalog {
         /// Catalog file.
@@ -279,7 +279,7 @@ pub enum Error {
 
     /// The catalog file was written by a newer m365bk.
     #[error(
-        "catalog {path} has schema version {found}, but this m365bk knows up to {supported}: upgrade m365bk, or delete the file and run `m365bk catalog rebuild`"
+        "catalog {path} has schema version {found}, but this m365bk knows up to {supported}: upgrade m365bk, or delete the file and run `m365bk repair catalog`"
     )]
     CatalogVersion {
         /// Catalog file.
@@ -314,7 +314,7 @@ pub enum Error {
     /// Another process holds a lock that conflicts with the one asked for, and it was still
     /// live when the wait ran out.
     #[error(
-        "repository {location} is locked: {kind} lock ({mode}) held by pid {pid} on {hostname} since {since}, valid until {expires} unless refreshed ({object}); this {wanted} cannot run beside it: retry when it has finished, or give --lock-wait SECONDS to wait for it; if that process is gone, its lock goes stale at {expires} and is ignored from then on",
+        "repository {location} is locked: {kind} lock ({mode}) held by pid {pid} on {hostname} since {since}, valid until {expires} unless refreshed ({object}); this {wanted} cannot run beside it: retry when it has finished, or give --lock-wait SECONDS to wait for it; if that process is gone, its lock is ignored at once by m365bk on that host, and by others from {expires}",
         kind = holder.kind,
         mode = if holder.exclusive { "exclusive" } else { "shared" },
         pid = holder.pid,

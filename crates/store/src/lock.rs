@@ -592,7 +592,7 @@ async fn find_conflict(
                     kind = %info.kind,
                     host = %info.hostname,
                     pid = info.pid,
-                    expired = %info.expires,
+                    expires = %info.expires,
                     holder_gone = info.expires > now,
                     "removing a stale lock"
                 );

@@ -864,6 +864,10 @@ mod damage {
             p.affected_items.is_empty() && p.problem.contains("their items could not be listed"),
             "{p:?}"
         );
+        assert_eq!(
+            (report.snapshots_checked, report.snapshots_unreadable),
+            (1, 1)
+        );
         // B's item list lived in the lost half too.
         assert!(report
             .errors
@@ -1747,7 +1751,7 @@ mod catalog {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("catalog rebuild"), "{err}");
+        assert!(err.to_string().contains("repair catalog"), "{err}");
     }
 }
 
