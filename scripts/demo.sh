@@ -70,7 +70,7 @@ path = "catalog.sqlite"
 TOML
 m() { "$bin/m365bk" --config "$work/m365bk.toml" "$@"; }
 
-echo "== m365bk init (encrypted: XChaCha20-Poly1305, key slot from the passphrase file via Argon2id)"
+echo "== m365bk init (encrypted: XAES-256-GCM, key slot from the passphrase file via Argon2id)"
 m init
 m key list
 echo "== m365bk permissions check (the gate: token roles vs. the job's exact permission set)"
