@@ -1190,8 +1190,13 @@ async fn forget(
         return Ok(ExitCode::Success);
     }
     for g in &report.plan.groups {
+        let selection = if g.selection.is_empty() {
+            String::new()
+        } else {
+            format!(" [--items {}]", g.selection.join(","))
+        };
         println!(
-            "{} {} ({}): keep {}, {} {}",
+            "{} {} ({}){selection}: keep {}, {} {}",
             g.service,
             g.resource_name,
             g.resource_id,

@@ -577,3 +577,53 @@ async fn forget_and_prune_refuse_bad_options_and_change_nothing() {
     assert!(lock_objects(&env).is_empty());
     assert_eq!(env.repo_bytes(), before, "nothing was written");
 }
+
+/// A backup of some item types (`--items mail`) does not push the whole mailbox out of
+/// `forget --keep-last 1`: snapshots are kept per service, resource and selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_keeps_whole_mailbox_snapshots_apart_from_items_subsets() {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    let user = &users[0];
+    env.run(&["backup", "--service", "exchange", "--user", user])
+        .await
+        .ok();
+    env.run(&[
+        "backup",
+        "--service",
+        "exchange",
+        "--user",
+        user,
+        "--items",
+        "mail",
+    ])
+    .await
+    .ok();
+
+    let out = env
+        .run(&["--json", "forget", "--keep-last", "1"])
+        .await
+        .ok()
+        .json();
+    let groups = out["plan"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{out}");
+    let selections: Vec<&Value> = groups.iter().map(|g| &g["selection"]).collect();
+    assert!(selections.contains(&&json!([])), "{out}");
+    assert!(selections.contains(&&json!(["mail"])), "{out}");
+    assert!(
+        groups
+            .iter()
+            .all(|g| g["keep"].as_array().unwrap().len() == 1
+                && g["remove"].as_array().unwrap().is_empty()),
+        "{out}"
+    );
+    let text = env
+        .run(&["forget", "--keep-last", "1", "--dry-run"])
+        .await
+        .ok();
+    assert!(text.stdout.contains("[--items mail]"), "{}", text.stdout);
+}

@@ -499,6 +499,12 @@ pub async fn backup_mailbox(
         resource_name: user.user_principal_name.clone(),
         job_id: job.spec().id.to_string(),
         tags: Vec::new(),
+        // Recorded only for a subset (`backup --items`), so `forget` keeps it apart.
+        selection: if types.len() == ItemType::ALL.len() {
+            Vec::new()
+        } else {
+            types.iter().map(|t| t.as_str().to_owned()).collect()
+        },
         parent: parent.map(|p| p.snapshot.id),
         items: draft.items,
         state: Value::Object(draft.state),

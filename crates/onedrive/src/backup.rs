@@ -370,6 +370,7 @@ pub async fn backup_drive(
         resource_name: user.user_principal_name.clone(),
         job_id: job.spec().id.to_string(),
         tags: Vec::new(),
+        selection: Vec::new(),
         parent: parent.map(|p| p.snapshot.id),
         items: draft_items,
         state: json!({ "drive_id": drive_id, "root_id": root_id, "delta_link": link }),

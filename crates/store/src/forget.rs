@@ -80,6 +80,9 @@ pub struct ForgetGroup {
     pub service: String,
     /// Resource id.
     pub resource_id: String,
+    /// The snapshots' [`crate::SnapshotDraft::selection`] (empty: whole resource).
+    #[serde(default)]
+    pub selection: Vec<String>,
     /// Resource display name (of the newest snapshot).
     pub resource_name: String,
     /// Snapshots kept, with the rules that keep them.
@@ -106,22 +109,29 @@ impl ForgetPlan {
                 detail: "no retention rule given, so every snapshot would be forgotten: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-tag".to_owned(),
             });
         }
-        let mut groups: BTreeMap<(&str, &str), Vec<&Snapshot>> = BTreeMap::new();
+        // Per service, resource and selection: a snapshot of some item types (`backup --items`)
+        // is not a newer copy of a whole-resource one, and must not push it out.
+        let mut groups: BTreeMap<(&str, &str, &[String]), Vec<&Snapshot>> = BTreeMap::new();
         for s in snapshots {
             if !opts.tags.is_empty() && !s.tags.iter().any(|t| opts.tags.contains(t)) {
                 continue;
             }
             groups
-                .entry((s.service.as_str(), s.resource_id.as_str()))
+                .entry((
+                    s.service.as_str(),
+                    s.resource_id.as_str(),
+                    s.selection.as_slice(),
+                ))
                 .or_default()
                 .push(s);
         }
         let mut plan = ForgetPlan::default();
-        for ((service, resource_id), mut list) in groups {
+        for ((service, resource_id, selection), mut list) in groups {
             list.sort_by_key(|s| std::cmp::Reverse((s.time, s.id)));
             let mut group = ForgetGroup {
                 service: service.to_owned(),
                 resource_id: resource_id.to_owned(),
+                selection: selection.to_vec(),
                 resource_name: list[0].resource_name.clone(),
                 keep: Vec::new(),
                 remove: Vec::new(),
@@ -321,6 +331,7 @@ mod tests {
             resource_name: format!("{resource}@contoso.com"),
             job_id: "j".into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            selection: Vec::new(),
             parent: None,
             tree: ContentRef::default(),
             item_count: 0,
@@ -536,6 +547,41 @@ mod tests {
         assert_eq!(tagged.reasons, vec!["tag"]);
         assert!(a.remove.iter().all(|s| s.reasons.is_empty()));
         assert_eq!(a.resource_name, "a@contoso.com");
+    }
+
+    /// A newer snapshot of only some item types (`backup --items mail`) does not count as a
+    /// newer copy of the whole mailbox: each selection keeps its own last snapshots.
+    #[test]
+    fn partial_snapshots_are_kept_apart_from_whole_ones() {
+        let full = snap(1, "a", "2026-11-01T10:00:00Z", &[]);
+        let mut mail_only = snap(2, "a", "2026-11-02T10:00:00Z", &[]);
+        mail_only.selection = vec!["mail".into()];
+        let older_mail = {
+            let mut s = snap(3, "a", "2026-10-30T10:00:00Z", &[]);
+            s.selection = vec!["mail".into()];
+            s
+        };
+        let opts = ForgetOptions {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let plan = ForgetPlan::new(&[full, mail_only, older_mail], &opts).unwrap();
+        assert_eq!(plan.groups.len(), 2, "{plan:#?}");
+        let whole = plan.groups.iter().find(|g| g.selection.is_empty()).unwrap();
+        assert_eq!(whole.keep.len(), 1);
+        assert_eq!(
+            whole.keep[0].id.as_bytes()[0],
+            1,
+            "the only whole snapshot stays"
+        );
+        let mail = plan
+            .groups
+            .iter()
+            .find(|g| g.selection == ["mail"])
+            .unwrap();
+        assert_eq!(mail.keep[0].id.as_bytes()[0], 2);
+        assert_eq!(plan.to_remove().len(), 1);
+        assert_eq!(plan.to_remove()[0].as_bytes()[0], 3);
     }
 
     #[test]

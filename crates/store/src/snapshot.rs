@@ -97,6 +97,11 @@ pub struct SnapshotDraft {
     pub job_id: String,
     /// Free-form tags.
     pub tags: Vec<String>,
+    /// What part of the resource the snapshot holds when not all of it: the item types a
+    /// `backup --items` selected (e.g. `["mail"]`), sorted. Empty: everything the service backs
+    /// up. `forget` keeps snapshots per service, resource and selection, so a partial backup
+    /// never counts as a newer copy of a full one.
+    pub selection: Vec<String>,
     /// The snapshot this one was made incrementally from.
     pub parent: Option<SnapshotId>,
     /// Every item of the resource at backup time (unchanged items included).
@@ -126,6 +131,8 @@ pub struct Snapshot {
     pub job_id: String,
     /// See [`SnapshotDraft::tags`].
     pub tags: Vec<String>,
+    /// See [`SnapshotDraft::selection`].
+    pub selection: Vec<String>,
     /// See [`SnapshotDraft::parent`].
     pub parent: Option<SnapshotId>,
     /// The item list, as JSON Lines stored through the same chunk/dedup path as content.
@@ -150,6 +157,9 @@ struct SnapshotFile {
     resource_name: String,
     job_id: String,
     tags: Vec<String>,
+    /// Absent in snapshots of earlier builds (and when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    selection: Vec<String>,
     parent: Option<SnapshotId>,
     tree: ContentRef,
     item_count: u64,
@@ -175,6 +185,12 @@ pub(crate) fn encode_snapshot(
         resource_name: draft.resource_name,
         job_id: draft.job_id,
         tags: draft.tags,
+        selection: {
+            let mut selection = draft.selection;
+            selection.sort();
+            selection.dedup();
+            selection
+        },
         parent: draft.parent,
         tree,
         item_count: draft.items.len() as u64,
@@ -226,6 +242,7 @@ fn from_file(id: SnapshotId, f: SnapshotFile) -> Snapshot {
         resource_name: f.resource_name,
         job_id: f.job_id,
         tags: f.tags,
+        selection: f.selection,
         parent: f.parent,
         tree: f.tree,
         item_count: f.item_count,

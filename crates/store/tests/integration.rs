@@ -87,6 +87,7 @@ fn draft(resource: &str, items: Vec<Item>) -> SnapshotDraft {
         resource_name: format!("{resource}@contoso.com"),
         job_id: "nightly-mail".to_owned(),
         tags: vec!["test".to_owned()],
+        selection: Vec::new(),
         parent: None,
         items,
         state: serde_json::json!({"deltaLinks": {"inbox": "https://graph/delta?token=1"}}),
