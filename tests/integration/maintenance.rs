@@ -15,6 +15,18 @@ use super::harness::{
 };
 
 /// Deterministic incompressible bytes.
+/// The small corpus served by a simulator with every permission, and an initialised
+/// repository. Keep the `TempDir` alive as long as the simulator.
+async fn simulated_tenant_and_repository() -> (tempfile::TempDir, Sim, Env, Vec<String>) {
+    let corpus = corpus(true);
+    let users = corpus_users(&corpus);
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
+    let env = Env::new(&sim.base);
+    env.run(&["init"]).await.ok();
+    (tmp, sim, env, users)
+}
+
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -169,12 +181,7 @@ async fn two_drive_backups_around_a_deleted_file(sim: &Sim, env: &Env, users: &[
 /// file's blobs are repacked away (`--max-unused 0`), and what is left checks clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_with_prune_frees_the_forgotten_data_in_one_run() {
-    let corpus = corpus(true);
-    let users = corpus_users(&corpus);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
-    let env = Env::new(&sim.base);
-    env.run(&["init"]).await.ok();
+    let (_tmp, sim, env, users) = simulated_tenant_and_repository().await;
     two_drive_backups_around_a_deleted_file(&sim, &env, &users).await;
     let before = env.repo_bytes();
 
@@ -234,12 +241,7 @@ async fn forget_with_prune_frees_the_forgotten_data_in_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
-    let corpus = corpus(true);
-    let users = corpus_users(&corpus);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
-    let env = Env::new(&sim.base);
-    env.run(&["init"]).await.ok();
+    let (_tmp, sim, env, users) = simulated_tenant_and_repository().await;
     let u0 = users[0].clone();
 
     // 1. A drive backup that includes a 3 MB file, which is then deleted at the source; a
@@ -433,12 +435,7 @@ async fn two_concurrent_backups_and_a_concurrent_prune_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_exits_11_on_a_live_backup_lock_and_ignores_it_once_its_process_is_gone() {
-    let corpus = corpus(true);
-    let users = corpus_users(&corpus);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
-    let env = Env::new(&sim.base);
-    env.run(&["init"]).await.ok();
+    let (_tmp, sim, env, users) = simulated_tenant_and_repository().await;
     env.run(&["backup", "--service", "onedrive", "--user", &users[0]])
         .await
         .ok();
@@ -582,12 +579,7 @@ async fn forget_and_prune_refuse_bad_options_and_change_nothing() {
 /// `forget --keep-last 1`: snapshots are kept per service, resource and selection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_keeps_whole_mailbox_snapshots_apart_from_items_subsets() {
-    let corpus = corpus(true);
-    let users = corpus_users(&corpus);
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = Sim::start(tmp.path(), &corpus, &all_roles()).await;
-    let env = Env::new(&sim.base);
-    env.run(&["init"]).await.ok();
+    let (_tmp, _sim, env, users) = simulated_tenant_and_repository().await;
     let user = &users[0];
     env.run(&["backup", "--service", "exchange", "--user", user])
         .await
