@@ -52,9 +52,12 @@ where
                 Some(Ok(chunk)) if chunk.is_empty() => continue,
                 Some(Ok(chunk)) => return Ok(Some(chunk)),
                 Some(Err(e)) => {
-                    return Err(
-                        self.err(format!("reading failed after {} bytes", self.read), Some(e))
-                    )
+                    // The cause in the message too: a restore's per-item failure list shows
+                    // only this error's text (e.g. the damaged pack the store names).
+                    return Err(self.err(
+                        format!("reading failed after {} bytes: {e}", self.read),
+                        Some(e),
+                    ));
                 }
                 None => return Ok(None),
             }

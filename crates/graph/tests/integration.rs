@@ -1487,6 +1487,40 @@ mod content {
         assert_eq!(state.lock().unwrap().puts.len(), 1);
     }
 
+    /// A source that fails (a damaged pack while restoring) is named with its own error, so a
+    /// restore's per-item failure says why.
+    #[tokio::test]
+    async fn failing_upload_source_is_named_with_its_cause() {
+        const UNIT: usize = 320 * 1024;
+        let data = pattern(UNIT);
+        let state = Arc::new(Mutex::new(UploadState {
+            failed_once: true,
+            ..Default::default()
+        }));
+        let server = upload_server(state.clone()).await;
+        let (graph, _) = clients(&server, fast_policy());
+        let graph = graph.with_fragment_size(UNIT as u64).unwrap();
+        let failing = futures::stream::iter(vec![
+            Ok(Bytes::copy_from_slice(&data)),
+            Err(std::io::Error::other("pack data/ab/abcd is corrupt")),
+        ]);
+        let err = graph
+            .upload_session(
+                "/drives/d1/items/root:/big.bin:/createUploadSession",
+                &json!({"item": {"@microsoft.graph.conflictBehavior": "replace"}}),
+                (2 * UNIT) as u64,
+                failing,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Source { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("reading failed after") && text.contains("pack data/ab/abcd is corrupt"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn fragment_size_rules() {
         let server = serve(|_| async { respond(500, &[], "") }).await;
