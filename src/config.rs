@@ -609,6 +609,12 @@ impl Settings {
     /// [`ConfigError::PassphraseFile`] for an unreadable, empty or world-readable file.
     pub fn passphrase(&self) -> Result<Option<SecretString>, ConfigError> {
         if let Some(path) = &self.passphrase_file {
+            if std::env::var_os(PASSPHRASE_ENV).is_some_and(|v| !v.is_empty()) {
+                tracing::warn!(
+                    passphrase_file = %path.display(),
+                    "{PASSPHRASE_ENV} is set but ignored: repository.passphrase_file comes first (unset one of them)"
+                );
+            }
             return read_passphrase_file(path).map(Some);
         }
         if let Some(s) = passphrase_env(PASSPHRASE_ENV) {

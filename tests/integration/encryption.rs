@@ -282,10 +282,16 @@ async fn unencrypted_only_with_no_encryption_and_init_needs_a_passphrase() {
     env.run_env(&["init"], &[("M365BK_PASSPHRASE", None)])
         .await
         .ok();
-    // The file wins over the environment.
-    env.run_env(&["snapshots"], &[("M365BK_PASSPHRASE", Some(WRONG))])
+    // The file wins over the environment, and says so.
+    let run = env
+        .run_env(&["snapshots"], &[("M365BK_PASSPHRASE", Some(WRONG))])
         .await
         .ok();
+    assert!(
+        run.stderr.contains("M365BK_PASSPHRASE is set but ignored"),
+        "{}",
+        run.stderr
+    );
     std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let run = env.run(&["snapshots"]).await;
     assert_eq!(run.code, 78, "{}", run.stderr);
