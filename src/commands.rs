@@ -1144,9 +1144,7 @@ async fn forget(
     };
     // Checked before the repository is opened, so a missing rule is exit 2 whatever the
     // repository and passphrase.
-    if opts.keeps_nothing() {
-        return Err(UsageError("no retention rule given, so every snapshot would be forgotten: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-tag".to_owned()).into());
-    }
+    opts.validate()?;
     let repo = open_repo(settings).await?;
     let report = match &args.service {
         None => repo.forget(&opts, args.dry_run, &lock_options()).await?,

@@ -1463,17 +1463,26 @@ mod content {
         assert!(status_query.header("authorization").is_none());
     }
 
-    #[tokio::test]
-    async fn upload_source_shorter_than_declared_is_refused_before_the_last_fragment() {
-        const UNIT: usize = 320 * 1024;
-        let data = pattern(UNIT + 10);
+    /// An upload server (state `failed_once` set, so no fault is injected) and a client sending
+    /// fragments of `unit` bytes. Keep the server alive for the test.
+    async fn one_fragment_upload(
+        unit: usize,
+    ) -> (Arc<Mutex<UploadState>>, Server, m365bk_graph::GraphClient) {
         let state = Arc::new(Mutex::new(UploadState {
             failed_once: true,
             ..Default::default()
         }));
         let server = upload_server(state.clone()).await;
         let (graph, _) = clients(&server, fast_policy());
-        let graph = graph.with_fragment_size(UNIT as u64).unwrap();
+        let graph = graph.with_fragment_size(unit as u64).unwrap();
+        (state, server, graph)
+    }
+
+    #[tokio::test]
+    async fn upload_source_shorter_than_declared_is_refused_before_the_last_fragment() {
+        const UNIT: usize = 320 * 1024;
+        let data = pattern(UNIT + 10);
+        let (state, _server, graph) = one_fragment_upload(UNIT).await;
         let err = graph
             .upload_session(
                 "/drives/d1/items/root:/big.bin:/createUploadSession",
@@ -1493,13 +1502,7 @@ mod content {
     async fn failing_upload_source_is_named_with_its_cause() {
         const UNIT: usize = 320 * 1024;
         let data = pattern(UNIT);
-        let state = Arc::new(Mutex::new(UploadState {
-            failed_once: true,
-            ..Default::default()
-        }));
-        let server = upload_server(state.clone()).await;
-        let (graph, _) = clients(&server, fast_policy());
-        let graph = graph.with_fragment_size(UNIT as u64).unwrap();
+        let (_state, _server, graph) = one_fragment_upload(UNIT).await;
         let failing = futures::stream::iter(vec![
             Ok(Bytes::copy_from_slice(&data)),
             Err(std::io::Error::other("pack data/ab/abcd is corrupt")),

@@ -57,6 +57,19 @@ impl ForgetOptions {
             && self.keep_yearly == 0
             && self.keep_tags.is_empty()
     }
+
+    /// Refuses a policy that keeps nothing, before anything is read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPolicy`], naming the rules to give.
+    pub fn validate(&self) -> Result<()> {
+        if self.keeps_nothing() {
+            return Err(Error::InvalidPolicy {
+                detail: "no retention rule given, so every snapshot would be forgotten: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-tag".to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One snapshot in a [`ForgetPlan`].
@@ -104,11 +117,7 @@ impl ForgetPlan {
     /// # Errors
     /// [`Error::InvalidPolicy`] if the policy keeps nothing.
     pub fn new(snapshots: &[Snapshot], opts: &ForgetOptions) -> Result<ForgetPlan> {
-        if opts.keeps_nothing() {
-            return Err(Error::InvalidPolicy {
-                detail: "no retention rule given, so every snapshot would be forgotten: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-tag".to_owned(),
-            });
-        }
+        opts.validate()?;
         // Per service, resource and selection: a snapshot of some item types (`backup --items`)
         // is not a newer copy of a whole-resource one, and must not push it out.
         let mut groups: BTreeMap<(&str, &str, &[String]), Vec<&Snapshot>> = BTreeMap::new();
@@ -275,10 +284,8 @@ impl Repository {
         lock: &LockOptions,
         filter: impl Fn(&Snapshot) -> bool,
     ) -> Result<ForgetReport> {
-        if opts.keeps_nothing() {
-            // Refuse before taking a lock or reading anything.
-            ForgetPlan::new(&[], opts)?;
-        }
+        // Refuse before taking a lock or reading anything.
+        opts.validate()?;
         let held = self.lock(LockKind::Forget, lock).await?;
         let mut snapshots = self.list_snapshots().await?;
         snapshots.retain(|s| filter(s));
