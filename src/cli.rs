@@ -266,6 +266,10 @@ pub struct ForgetArgs {
     /// Only consider snapshots with this tag (repeatable: any of them); others are left alone.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Forget exactly this snapshot (id or unique prefix; repeatable), instead of applying
+    /// retention rules; works on a damaged snapshot that cannot be read.
+    #[arg(long = "snapshot", value_name = "ID", conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_tags", "tags", "service"])]
+    pub snapshots: Vec<String>,
     /// Only consider snapshots of this service.
     #[arg(long, value_parser = service_name)]
     pub service: Option<String>,

@@ -469,7 +469,13 @@ async fn backup(
     // have deleted what this session deduplicates against.
     let writer = repo.begin_backup_with(&lock_options()).await?;
     writer.set_index_checkpoint(settings.index_checkpoint);
-    let existing = repo.list_snapshots().await?;
+    // A damaged snapshot cannot be a parent: its resource's newest readable snapshot (or
+    // none) is used instead, and the job goes on rather than failing on it.
+    let scan = repo.scan_snapshots().await?;
+    for u in &scan.unreadable {
+        tracing::warn!(snapshot = %u.id, error = %u.error, "snapshot unreadable: not used as a parent; run `m365bk check --read-data`");
+    }
+    let existing = scan.snapshots;
     let mut snapshots = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut skipped = 0usize;
@@ -750,7 +756,7 @@ async fn snapshots(
     }
     let repo = open_repo(settings).await?;
     let catalog = open_catalog(settings)?;
-    catalog.sync(&repo).await?;
+    let synced = catalog.sync(&repo).await?;
     let rows: Vec<_> = catalog
         .snapshots(repo.id())?
         .into_iter()
@@ -774,8 +780,23 @@ async fn snapshots(
                 r.total_size
             );
         }
+        print_unreadable(&synced.unreadable, "not listed");
     }
-    Ok(ExitCode::Success)
+    Ok(if synced.unreadable.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::Incomplete
+    })
+}
+
+/// Names each snapshot that could not be read, with the way out.
+fn print_unreadable(unreadable: &[m365bk_store::UnreadableSnapshot], what_happened: &str) {
+    for u in unreadable {
+        println!(
+            "unreadable snapshot {} ({what_happened}): {}\n  run `m365bk check --read-data` to see what it affects; if it cannot be repaired, remove it with `m365bk forget --snapshot {}`",
+            u.id, u.error, u.id
+        );
+    }
 }
 
 async fn ls(settings: &Settings, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
@@ -1059,7 +1080,7 @@ async fn check(
         }
         if report.snapshots_unreadable > 0 {
             println!(
-                "{} more snapshot(s) could not be read, or their item lists could not (listed below)",
+                "{} more snapshot(s) could not be read, or their item lists could not (listed below); one that cannot be repaired is removed with `m365bk forget --snapshot ID` (its data goes at the next prune)",
                 report.snapshots_unreadable
             );
         }
@@ -1121,7 +1142,12 @@ async fn repair_catalog(settings: &Settings) -> anyhow::Result<ExitCode> {
         stats.added,
         stats.removed
     );
-    Ok(ExitCode::Success)
+    print_unreadable(&stats.unreadable, "not recorded");
+    Ok(if stats.unreadable.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::Incomplete
+    })
 }
 
 async fn forget(
@@ -1129,6 +1155,9 @@ async fn forget(
     args: &ForgetArgs,
     json_out: bool,
 ) -> anyhow::Result<ExitCode> {
+    if !args.snapshots.is_empty() {
+        return forget_by_id(settings, args, json_out).await;
+    }
     if let Some(s) = &args.service {
         parse_service(s)?;
     }
@@ -1222,6 +1251,7 @@ async fn forget(
             );
         }
     }
+    print_unreadable(&report.unreadable, "kept: no rule can weigh it");
     let total = report.plan.to_remove().len();
     match (&pruned, args.dry_run) {
         (_, true) => {
@@ -1232,6 +1262,75 @@ async fn forget(
             report.removed
         ),
         (Some(_), false) => println!("{} snapshot(s) forgotten", report.removed),
+    }
+    if let Some(p) = &pruned {
+        print_prune(p);
+    }
+    Ok(ExitCode::Success)
+}
+
+/// `m365bk forget --snapshot ID…`: removes exactly these snapshots, readable or not.
+async fn forget_by_id(
+    settings: &Settings,
+    args: &ForgetArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let mut ids = Vec::new();
+    for given in &args.snapshots {
+        ids.push(repo.resolve_snapshot_id(given).await?);
+    }
+    let removed = repo
+        .forget_snapshots(&ids, args.dry_run, &lock_options())
+        .await?;
+    if !args.dry_run {
+        let catalog = open_catalog(settings)?;
+        if let Err(e) = catalog.sync(&repo).await {
+            tracing::warn!(error = %e, "snapshots forgotten, but the catalog could not be updated: run `m365bk repair catalog`");
+        }
+    }
+    let pruned = if args.prune {
+        let opts = PruneOptions {
+            max_unused_percent: args.max_unused,
+            dry_run: args.dry_run,
+            assume_forgotten: if args.dry_run {
+                ids.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        Some(repo.prune(&opts, &lock_options()).await?)
+    } else {
+        None
+    };
+    if json_out {
+        let forget =
+            serde_json::json!({ "snapshots": ids, "removed": removed, "dry_run": args.dry_run });
+        match &pruned {
+            None => println!("{forget}"),
+            Some(p) => println!("{}", serde_json::json!({ "forget": forget, "prune": p })),
+        }
+        return Ok(ExitCode::Success);
+    }
+    for id in &ids {
+        println!(
+            "  {}  {id}",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "remove"
+            }
+        );
+    }
+    if args.dry_run {
+        println!(
+            "dry run: {} snapshot(s) would be forgotten; nothing was deleted",
+            ids.len()
+        );
+    } else if pruned.is_none() {
+        println!("{removed} snapshot(s) forgotten; run `m365bk prune` to free their data");
+    } else {
+        println!("{removed} snapshot(s) forgotten");
     }
     if let Some(p) = &pruned {
         print_prune(p);

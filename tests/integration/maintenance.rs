@@ -619,3 +619,127 @@ async fn forget_keeps_whole_mailbox_snapshots_apart_from_items_subsets() {
         .ok();
     assert!(text.stdout.contains("[--items mail]"), "{}", text.stdout);
 }
+
+/// One damaged snapshot object does not stop the repository's other work: `snapshots` lists
+/// the rest and names it (exit 3), a backup of the same resource succeeds, `forget` by rule
+/// keeps it and says so, `prune` refuses and says how to remove it, and
+/// `forget --snapshot` removes it, after which prune and check are clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
+    let (_tmp, _sim, env, users) = simulated_tenant_and_repository().await;
+    let backup = |user: String| {
+        let env = &env;
+        async move {
+            let out = env
+                .run(&["--json", "backup", "--service", "onedrive", "--user", &user])
+                .await
+                .ok()
+                .json();
+            out["snapshots"][0]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let damaged = backup(users[0].clone()).await;
+    let other = backup(users[1].clone()).await;
+    let object = env.repo.join("snapshots").join(&damaged);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let listed = env.run(&["snapshots"]).await;
+    assert_eq!(listed.code, 3, "listing is incomplete: {}", listed.stderr);
+    assert!(listed.stdout.contains(&other[..12]), "{}", listed.stdout);
+    assert!(
+        listed
+            .stdout
+            .contains(&format!("unreadable snapshot {damaged}"))
+            && listed
+                .stdout
+                .contains(&format!("m365bk forget --snapshot {damaged}")),
+        "{}",
+        listed.stdout
+    );
+
+    let checked = env.run(&["check"]).await;
+    assert_ne!(checked.code, 0, "{}", checked.stdout);
+    assert!(
+        checked.stdout.contains(&format!("snapshots/{damaged}"))
+            && checked.stdout.contains("m365bk forget --snapshot ID"),
+        "{}",
+        checked.stdout
+    );
+
+    let rebuilt = env.run(&["repair", "catalog"]).await;
+    assert_eq!(rebuilt.code, 3, "{}", rebuilt.stderr);
+    assert!(
+        rebuilt.stdout.contains("1 snapshot(s) recorded")
+            && rebuilt
+                .stdout
+                .contains(&format!("unreadable snapshot {damaged} (not recorded)")),
+        "{}",
+        rebuilt.stdout
+    );
+
+    // The damaged snapshot's resource backs up again (with no usable parent).
+    let fresh = backup(users[0].clone()).await;
+    assert_ne!(fresh, damaged);
+
+    let refused = env.run(&["prune"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("snapshot {damaged} is unreadable"))
+            && refused
+                .stderr
+                .contains(&format!("m365bk forget --snapshot {damaged}")),
+        "{}",
+        refused.stderr
+    );
+
+    let kept = env.run(&["forget", "--keep-last", "1"]).await.ok();
+    assert!(
+        kept.stdout
+            .contains(&format!("unreadable snapshot {damaged} (kept")),
+        "{}",
+        kept.stdout
+    );
+    assert!(object.exists(), "forget by rule keeps what it cannot read");
+
+    let dry = env
+        .run(&["forget", "--snapshot", &damaged[..8], "--dry-run"])
+        .await
+        .ok();
+    assert!(dry.stdout.contains(&damaged), "{}", dry.stdout);
+    assert!(object.exists(), "a dry run deletes nothing");
+    let removed = env
+        .run(&["--json", "forget", "--snapshot", &damaged[..8], "--prune"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(removed["forget"]["removed"], 1, "{removed}");
+    assert!(!object.exists());
+
+    let missing = env.run(&["forget", "--snapshot", &damaged[..8]]).await;
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains(&damaged[..8]), "{}", missing.stderr);
+    let both = env
+        .run(&["forget", "--snapshot", &other[..8], "--keep-last", "1"])
+        .await;
+    assert_eq!(
+        both.code, 2,
+        "--snapshot and rules conflict: {}",
+        both.stderr
+    );
+
+    env.run(&["check", "--read-data"]).await.ok();
+    let listed = env.run(&["--json", "snapshots"]).await.ok().json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&other.as_str()) && ids.contains(&fresh.as_str()));
+    assert!(!ids.contains(&damaged.as_str()));
+}

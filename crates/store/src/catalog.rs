@@ -249,12 +249,16 @@ impl std::fmt::Debug for Catalog {
 }
 
 /// What [`Catalog::sync`] and [`Catalog::rebuild`] changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStats {
     /// Snapshots added (with their items).
     pub added: u64,
     /// Snapshots removed (with their items).
     pub removed: u64,
+    /// Snapshots in the repository left out because their object or item list cannot be
+    /// read (`m365bk check` names the damage); the catalog keeps what it already had of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<crate::UnreadableSnapshot>,
 }
 
 /// One snapshot as the catalog lists it.
@@ -553,16 +557,40 @@ impl Catalog {
     /// # Errors
     /// Repository errors while listing snapshots or reading item lists, [`Error::Catalog`].
     pub async fn sync(&self, repo: &Repository) -> Result<SyncStats> {
-        let snapshots = repo.list_snapshots().await?;
+        let scan = repo.scan_snapshots().await?;
         let repo_id = repo.id().to_owned();
         let known: HashSet<SnapshotId> = self.snapshot_ids(&repo_id)?;
-        let present: HashSet<SnapshotId> = snapshots.iter().map(|s| s.id).collect();
-        let mut stats = SyncStats::default();
-        for snapshot in snapshots {
+        // A damaged snapshot is still in the repository: what the catalog has of it stays.
+        let present: HashSet<SnapshotId> = scan
+            .snapshots
+            .iter()
+            .map(|s| s.id)
+            .chain(scan.unreadable.iter().map(|u| u.id))
+            .collect();
+        let mut stats = SyncStats {
+            unreadable: scan.unreadable,
+            ..SyncStats::default()
+        };
+        for snapshot in scan.snapshots {
             if known.contains(&snapshot.id) {
                 continue;
             }
-            let items = repo.load_items(&snapshot).await?;
+            let items = match repo.load_items(&snapshot).await {
+                Ok(items) => items,
+                Err(
+                    e @ (Error::CorruptObject { .. }
+                    | Error::MissingObject { .. }
+                    | Error::BlobNotIndexed { .. }),
+                ) => {
+                    tracing::warn!(snapshot = %snapshot.id, error = %e, "snapshot's item list unreadable; left out of the catalog");
+                    stats.unreadable.push(crate::UnreadableSnapshot {
+                        id: snapshot.id,
+                        error: format!("its item list cannot be read: {e}"),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let catalog = self.clone();
             let repo_id = repo_id.clone();
             tokio::task::spawn_blocking(move || {
@@ -582,6 +610,7 @@ impl Catalog {
         tracing::info!(
             added = stats.added,
             removed = stats.removed,
+            unreadable = stats.unreadable.len(),
             "catalog synced"
         );
         Ok(stats)
@@ -600,8 +629,8 @@ impl Catalog {
         })
         .await
         .map_err(Error::join)??;
-        let added = self.sync(repo).await?.added;
-        Ok(SyncStats { added, removed })
+        let synced = self.sync(repo).await?;
+        Ok(SyncStats { removed, ..synced })
     }
 
     fn snapshot_ids(&self, repo_id: &str) -> Result<HashSet<SnapshotId>> {

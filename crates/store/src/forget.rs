@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::lock::{LockKind, LockOptions};
-use crate::repository::Repository;
+use crate::repository::{Repository, UnreadableSnapshot};
 use crate::snapshot::{snapshot_path, Snapshot};
 
 /// A retention policy, and which snapshots it applies to. Counts of 0 are off.
@@ -252,6 +252,10 @@ pub struct ForgetReport {
     pub removed: u64,
     /// True if nothing was deleted because it was a dry run.
     pub dry_run: bool,
+    /// Snapshots that could not be read, so no rule could weigh them: all kept. Remove a
+    /// damaged one with [`Repository::forget_snapshots`] (`m365bk forget --snapshot ID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableSnapshot>,
 }
 
 impl Repository {
@@ -261,8 +265,8 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::InvalidPolicy`], [`Error::RepositoryLocked`] (while a prune runs),
-    /// [`Error::CorruptObject`] if a snapshot cannot be read (nothing is deleted then),
-    /// [`Error::Backend`].
+    /// [`Error::Backend`]. A snapshot that cannot be read is kept and named in
+    /// [`ForgetReport::unreadable`].
     pub async fn forget(
         &self,
         opts: &ForgetOptions,
@@ -287,36 +291,79 @@ impl Repository {
         // Refuse before taking a lock or reading anything.
         opts.validate()?;
         let held = self.lock(LockKind::Forget, lock).await?;
-        let mut snapshots = self.list_snapshots().await?;
+        let scan = self.scan_snapshots().await?;
+        let mut snapshots = scan.snapshots;
         snapshots.retain(|s| filter(s));
         let plan = ForgetPlan::new(&snapshots, opts)?;
         let mut report = ForgetReport {
             removed: 0,
             dry_run,
             plan,
+            unreadable: scan.unreadable,
         };
         if !dry_run {
-            let doomed = report.plan.to_remove();
-            let inner = &self.inner;
-            let results: Vec<Result<()>> = futures::stream::iter(doomed)
-                .map(|id| async move {
-                    let path = snapshot_path(&id);
-                    match inner.store.delete(&path).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                        Err(e) => Err(Error::backend("delete", path.to_string())(e)),
-                    }
-                })
-                .buffer_unordered(8)
-                .collect()
-                .await;
-            for r in results {
-                r?;
-                report.removed += 1;
-            }
+            report.removed = self.delete_snapshots(report.plan.to_remove()).await?;
             tracing::info!(removed = report.removed, "snapshots forgotten");
         }
         held.release().await;
         Ok(report)
+    }
+
+    /// Deletes exactly the snapshot objects `ids` (readable or not: this is how a damaged
+    /// snapshot is removed), under the same shared lock as [`Repository::forget`]. Data
+    /// stays until `prune`. Resolve prefixes first with [`Repository::resolve_snapshot_id`].
+    /// Returns how many were deleted (0 in a dry run, which only checks that each exists).
+    ///
+    /// # Errors
+    /// [`Error::SnapshotNotFound`] naming the first id that is not in the repository (nothing
+    /// is deleted then), [`Error::RepositoryLocked`] (while a prune runs), [`Error::Backend`].
+    pub async fn forget_snapshots(
+        &self,
+        ids: &[SnapshotId],
+        dry_run: bool,
+        lock: &LockOptions,
+    ) -> Result<u64> {
+        let held = self.lock(LockKind::Forget, lock).await?;
+        let present: std::collections::HashSet<SnapshotId> =
+            self.inner.snapshot_ids().await?.into_iter().collect();
+        if let Some(id) = ids.iter().find(|id| !present.contains(id)) {
+            held.release().await;
+            return Err(Error::SnapshotNotFound { id: id.to_hex() });
+        }
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let removed = if dry_run {
+            Ok(0)
+        } else {
+            self.delete_snapshots(ids).await
+        };
+        held.release().await;
+        let removed = removed?;
+        tracing::info!(removed, dry_run, "snapshots forgotten by id");
+        Ok(removed)
+    }
+
+    /// Deletes snapshot objects (one already gone counts as deleted); returns how many.
+    async fn delete_snapshots(&self, ids: Vec<SnapshotId>) -> Result<u64> {
+        let inner = &self.inner;
+        let results: Vec<Result<()>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let path = snapshot_path(&id);
+                match inner.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(Error::backend("delete", path.to_string())(e)),
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut removed = 0;
+        for r in results {
+            r?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 

@@ -128,7 +128,9 @@ pub use lock::{
     MAX_LOCK_TTL, MIN_LOCK_TTL,
 };
 pub use prune::{PruneOptions, PruneReport, DEFAULT_MAX_UNUSED_PERCENT};
-pub use repository::{Encryption, InitOptions, RepoStats, Repository};
+pub use repository::{
+    Encryption, InitOptions, RepoStats, Repository, SnapshotScan, UnreadableSnapshot,
+};
 /// Passphrases are passed as `secrecy`'s `SecretString` (zeroed on drop, redacted in `Debug`).
 pub use secrecy::SecretString;
 pub use snapshot::{ContentRef, Item, SkippedItem, Snapshot, SnapshotDraft};

@@ -188,10 +188,29 @@ impl Repository {
 
         // Blobs in use: every snapshot's item list and every item's content.
         let mut used: IdSet<BlobId> = IdSet::default();
-        let snapshots: Vec<_> = self
-            .list_snapshots()
-            .await
-            .map_err(|e| refuse(format!("a snapshot is unreadable ({e})")))?
+        let scan = self.scan_snapshots().await?;
+        if let Some(bad) = scan
+            .unreadable
+            .iter()
+            .find(|u| !opts.assume_forgotten.contains(&u.id))
+        {
+            let others = scan.unreadable.len() - 1;
+            return Err(refuse(format!(
+                "snapshot {} is unreadable ({}){}, so prune cannot tell which data it still \
+                 needs; if `m365bk check` confirms the damage, remove the snapshot with \
+                 `m365bk forget --snapshot {}` and prune again",
+                bad.id,
+                bad.error,
+                if others > 0 {
+                    format!(", and {others} more")
+                } else {
+                    String::new()
+                },
+                bad.id
+            )));
+        }
+        let snapshots: Vec<_> = scan
+            .snapshots
             .into_iter()
             .filter(|s| !opts.assume_forgotten.contains(&s.id))
             .collect();

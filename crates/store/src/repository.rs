@@ -481,23 +481,53 @@ impl Repository {
         Ok(snapshots)
     }
 
-    /// Finds a snapshot by full id or unique prefix of at least 4 hex digits.
+    /// All snapshots that can be read, oldest first, and those whose object is damaged
+    /// ([`Error::CorruptObject`]: a wrong seal, a truncated or unparsable object), which
+    /// [`Repository::list_snapshots`] would fail on. Backups, `forget` and the catalog go on with the readable ones and name
+    /// the others; `prune` refuses while there are any (it cannot tell what they refer to).
     ///
     /// # Errors
-    /// [`Error::InvalidId`] for non-hex or too short input, [`Error::SnapshotNotFound`],
-    /// [`Error::AmbiguousSnapshotId`], [`Error::CorruptObject`], [`Error::Backend`].
-    pub async fn find_snapshot(&self, id_or_prefix: &str) -> Result<Snapshot> {
-        let wanted = id_or_prefix.trim().to_ascii_lowercase();
-        if wanted.len() < 4 || wanted.len() > 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidId {
-                kind: "snapshot",
-                input: id_or_prefix.to_owned(),
-                expected: "a snapshot id or a prefix of it with at least 4 hex digits",
-            });
+    /// [`Error::Backend`] (a listing or read that failed, not a damaged object),
+    /// [`Error::UnsupportedVersion`] (a snapshot written by a newer m365bk: upgrade).
+    pub async fn scan_snapshots(&self) -> Result<SnapshotScan> {
+        let ids = self.inner.snapshot_ids().await?;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.inner.load_snapshot(id).await) })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .collect()
+            .await;
+        let mut scan = SnapshotScan::default();
+        for (id, result) in loaded {
+            match result {
+                Ok(s) => scan.snapshots.push(s),
+                // Deleted between the listing and the read (a concurrent forget).
+                Err(Error::SnapshotNotFound { .. }) => {}
+                // Damaged (a wrong seal, truncated, unparsable). A newer format version is an
+                // error instead: the fix is to upgrade m365bk, not to leave the snapshot out.
+                Err(Error::CorruptObject { detail, .. }) => {
+                    tracing::warn!(snapshot = %id, %detail, "snapshot object is corrupt; left out");
+                    scan.unreadable.push(UnreadableSnapshot {
+                        id,
+                        error: format!("its object is corrupt: {detail}"),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if wanted.len() == 64 {
-            return self.inner.load_snapshot(wanted.parse()?).await;
-        }
+        scan.snapshots.sort_by_key(|s| (s.time, s.id));
+        scan.unreadable.sort_by_key(|u| u.id);
+        Ok(scan)
+    }
+
+    /// The id of the snapshot object whose id is `id_or_prefix` (full, or a unique prefix of
+    /// at least 4 hex digits), without reading the object: a damaged snapshot can be named
+    /// (to `forget` it) even though it cannot be read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`], [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshotId`],
+    /// [`Error::Backend`].
+    pub async fn resolve_snapshot_id(&self, id_or_prefix: &str) -> Result<SnapshotId> {
+        let wanted = snapshot_prefix(id_or_prefix)?;
         let matches: Vec<SnapshotId> = self
             .inner
             .snapshot_ids()
@@ -507,12 +537,26 @@ impl Repository {
             .collect();
         match matches.as_slice() {
             [] => Err(Error::SnapshotNotFound { id: wanted }),
-            [id] => self.inner.load_snapshot(*id).await,
+            [id] => Ok(*id),
             _ => Err(Error::AmbiguousSnapshotId {
                 prefix: wanted,
                 matches: matches.len(),
             }),
         }
+    }
+
+    /// Finds a snapshot by full id or unique prefix of at least 4 hex digits.
+    ///
+    /// # Errors
+    /// [`Error::InvalidId`] for non-hex or too short input, [`Error::SnapshotNotFound`],
+    /// [`Error::AmbiguousSnapshotId`], [`Error::CorruptObject`], [`Error::Backend`].
+    pub async fn find_snapshot(&self, id_or_prefix: &str) -> Result<Snapshot> {
+        let wanted = snapshot_prefix(id_or_prefix)?;
+        if wanted.len() == 64 {
+            return self.inner.load_snapshot(wanted.parse()?).await;
+        }
+        let id = self.resolve_snapshot_id(id_or_prefix).await?;
+        self.inner.load_snapshot(id).await
     }
 
     /// The items of a snapshot, in the order they were committed.
@@ -940,6 +984,37 @@ pub(crate) async fn fetch_blob(
 ) -> Result<Bytes> {
     let stored = read_stored(store, located.pack, located.entry.range()).await?;
     decode_stored(codec, key, &pack_path(&located.pack.id), located, stored).await
+}
+
+/// `input` as a lowercase snapshot id prefix: 4 to 64 hex digits.
+fn snapshot_prefix(input: &str) -> Result<String> {
+    let wanted = input.trim().to_ascii_lowercase();
+    if wanted.len() < 4 || wanted.len() > 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidId {
+            kind: "snapshot",
+            input: input.to_owned(),
+            expected: "a snapshot id or a prefix of it with at least 4 hex digits",
+        });
+    }
+    Ok(wanted)
+}
+
+/// What [`Repository::scan_snapshots`] found.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotScan {
+    /// The readable snapshots, oldest first (ties broken by id).
+    pub snapshots: Vec<Snapshot>,
+    /// Snapshot objects that are present but cannot be read, by id.
+    pub unreadable: Vec<UnreadableSnapshot>,
+}
+
+/// A snapshot object that is present but cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableSnapshot {
+    /// The snapshot's id (its object's name).
+    pub id: SnapshotId,
+    /// Why it cannot be read.
+    pub error: String,
 }
 
 #[cfg(test)]

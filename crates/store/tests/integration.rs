@@ -1622,6 +1622,67 @@ mod catalog {
         assert_eq!(bob.load("inbox").unwrap()["m1"], entry("m1", "ck9", 5));
     }
 
+    /// A snapshot object corrupted after the catalog recorded it: the scan names it, sync
+    /// keeps its rows (it is still in the repository) and reports it, and only
+    /// `forget_snapshots` removes it; a name that is not there is refused and deletes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_snapshot_is_reported_kept_in_the_catalog_and_forgettable_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, snaps) = repo_with_snapshots(dir.path()).await;
+        let cat_dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&cat_dir.path().join("catalog.sqlite")).unwrap();
+        assert_eq!(catalog.sync(&repo).await.unwrap().added, 3);
+
+        let object = dir.path().join("snapshots").join(snaps[1].id.to_string());
+        let mut bytes = std::fs::read(&object).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&object, &bytes).unwrap();
+
+        assert!(
+            repo.list_snapshots().await.is_err(),
+            "the strict listing fails"
+        );
+        let scan = repo.scan_snapshots().await.unwrap();
+        assert_eq!(
+            scan.snapshots.iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![snaps[0].id, snaps[2].id]
+        );
+        assert_eq!(scan.unreadable.len(), 1);
+        assert_eq!(scan.unreadable[0].id, snaps[1].id);
+        assert!(
+            scan.unreadable[0].error.contains("corrupt"),
+            "{}",
+            scan.unreadable[0].error
+        );
+
+        let stats = catalog.sync(&repo).await.unwrap();
+        assert_eq!((stats.added, stats.removed), (0, 0));
+        assert_eq!(stats.unreadable, scan.unreadable);
+        assert_eq!(catalog.snapshots(repo.id()).unwrap().len(), 3, "rows kept");
+
+        let lock = m365bk_store::LockOptions::default();
+        let nowhere = m365bk_store::SnapshotId::from_bytes([7; 32]);
+        let err = repo
+            .forget_snapshots(&[snaps[1].id, nowhere], false, &lock)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, m365bk_store::Error::SnapshotNotFound { .. }),
+            "{err}"
+        );
+        assert!(object.exists(), "a refused forget deletes nothing");
+        let prefix = &snaps[1].id.to_string()[..10];
+        let id = repo.resolve_snapshot_id(prefix).await.unwrap();
+        assert_eq!(repo.forget_snapshots(&[id], true, &lock).await.unwrap(), 0);
+        assert!(object.exists(), "a dry run deletes nothing");
+        assert_eq!(repo.forget_snapshots(&[id], false, &lock).await.unwrap(), 1);
+        assert!(!object.exists());
+        assert!(repo.scan_snapshots().await.unwrap().unreadable.is_empty());
+        let stats = catalog.sync(&repo).await.unwrap();
+        assert_eq!((stats.removed, stats.unreadable.len()), (1, 0));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sync_and_rebuild_reproduce_rows_from_the_repository() {
         let dir = tempfile::tempdir().unwrap();
@@ -1663,7 +1724,8 @@ mod catalog {
             catalog.sync(&repo).await.unwrap(),
             m365bk_store::SyncStats {
                 added: 0,
-                removed: 0
+                removed: 0,
+                unreadable: Vec::new(),
             }
         );
 
