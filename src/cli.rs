@@ -239,7 +239,7 @@ pub struct BackupArgs {
     pub tags: Vec<String>,
 }
 
-/// `m365bk forget`. Counts of 0 are off; at least one rule is required.
+/// `m365bk forget`. Counts of 0 are off; at least one rule (or `--snapshot`) is required.
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
     /// Keep the N newest snapshots of each resource.

@@ -780,7 +780,17 @@ async fn snapshots(
                 r.total_size
             );
         }
-        print_unreadable(&synced.unreadable, "not listed");
+        for u in &synced.unreadable {
+            let listed = rows.iter().any(|r| r.id == u.id);
+            print_unreadable(
+                std::slice::from_ref(u),
+                if listed {
+                    "listed above from the catalog's earlier record"
+                } else {
+                    "not listed"
+                },
+            );
+        }
     }
     Ok(if synced.unreadable.is_empty() {
         ExitCode::Success
@@ -1202,7 +1212,20 @@ async fn forget(
                 Vec::new()
             },
         };
-        Some(repo.prune(&opts, &lock_options()).await?)
+        // A refused prune still lets the forget report through first: snapshots may have
+        // been deleted, and the operator must learn which.
+        match repo.prune(&opts, &lock_options()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if json_out {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_forget_plan(&report, args.dry_run);
+                    println!("prune did not run:");
+                }
+                return Err(e.into());
+            }
+        }
     } else {
         None
     };
@@ -1216,6 +1239,26 @@ async fn forget(
         }
         return Ok(ExitCode::Success);
     }
+    print_forget_plan(&report, args.dry_run);
+    let total = report.plan.to_remove().len();
+    match (&pruned, args.dry_run) {
+        (_, true) => {
+            println!("dry run: {total} snapshot(s) would be forgotten; nothing was deleted")
+        }
+        (None, false) => println!(
+            "{} snapshot(s) forgotten; run `m365bk prune` to free their data",
+            report.removed
+        ),
+        (Some(_), false) => println!("{} snapshot(s) forgotten", report.removed),
+    }
+    if let Some(p) = &pruned {
+        print_prune(p);
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The forget plan per resource, and the snapshots no rule could weigh.
+fn print_forget_plan(report: &m365bk_store::ForgetReport, dry_run: bool) {
     for g in &report.plan.groups {
         let selection = if g.selection.is_empty() {
             String::new()
@@ -1228,11 +1271,7 @@ async fn forget(
             g.resource_name,
             g.resource_id,
             g.keep.len(),
-            if args.dry_run {
-                "would remove"
-            } else {
-                "remove"
-            },
+            if dry_run { "would remove" } else { "remove" },
             g.remove.len()
         );
         for k in &g.keep {
@@ -1252,21 +1291,6 @@ async fn forget(
         }
     }
     print_unreadable(&report.unreadable, "kept: no rule can weigh it");
-    let total = report.plan.to_remove().len();
-    match (&pruned, args.dry_run) {
-        (_, true) => {
-            println!("dry run: {total} snapshot(s) would be forgotten; nothing was deleted")
-        }
-        (None, false) => println!(
-            "{} snapshot(s) forgotten; run `m365bk prune` to free their data",
-            report.removed
-        ),
-        (Some(_), false) => println!("{} snapshot(s) forgotten", report.removed),
-    }
-    if let Some(p) = &pruned {
-        print_prune(p);
-    }
-    Ok(ExitCode::Success)
 }
 
 /// `m365bk forget --snapshot ID…`: removes exactly these snapshots, readable or not.
@@ -1280,9 +1304,13 @@ async fn forget_by_id(
     for given in &args.snapshots {
         ids.push(repo.resolve_snapshot_id(given).await?);
     }
+    ids.sort();
+    ids.dedup();
     let removed = repo
         .forget_snapshots(&ids, args.dry_run, &lock_options())
         .await?;
+    let forget =
+        serde_json::json!({ "snapshots": ids, "removed": removed, "dry_run": args.dry_run });
     if !args.dry_run {
         let catalog = open_catalog(settings)?;
         if let Err(e) = catalog.sync(&repo).await {
@@ -1299,29 +1327,29 @@ async fn forget_by_id(
                 Vec::new()
             },
         };
-        Some(repo.prune(&opts, &lock_options()).await?)
+        match repo.prune(&opts, &lock_options()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if json_out {
+                    println!("{forget}");
+                } else {
+                    print_ids(&ids, args.dry_run);
+                    println!("{removed} snapshot(s) forgotten; prune did not run:");
+                }
+                return Err(e.into());
+            }
+        }
     } else {
         None
     };
     if json_out {
-        let forget =
-            serde_json::json!({ "snapshots": ids, "removed": removed, "dry_run": args.dry_run });
         match &pruned {
             None => println!("{forget}"),
             Some(p) => println!("{}", serde_json::json!({ "forget": forget, "prune": p })),
         }
         return Ok(ExitCode::Success);
     }
-    for id in &ids {
-        println!(
-            "  {}  {id}",
-            if args.dry_run {
-                "would remove"
-            } else {
-                "remove"
-            }
-        );
-    }
+    print_ids(&ids, args.dry_run);
     if args.dry_run {
         println!(
             "dry run: {} snapshot(s) would be forgotten; nothing was deleted",
@@ -1336,6 +1364,14 @@ async fn forget_by_id(
         print_prune(p);
     }
     Ok(ExitCode::Success)
+}
+
+/// The snapshots `forget --snapshot` removes (or would).
+fn print_ids(ids: &[m365bk_store::SnapshotId], dry_run: bool) {
+    for id in ids {
+        let verb = if dry_run { "would remove" } else { "remove" };
+        println!("  {verb}  {id}");
+    }
 }
 
 async fn prune(settings: &Settings, args: &PruneArgs, json_out: bool) -> anyhow::Result<ExitCode> {

@@ -648,6 +648,13 @@ async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
 
     let listed = env.run(&["snapshots"]).await;
     assert_eq!(listed.code, 3, "listing is incomplete: {}", listed.stderr);
+    assert!(
+        listed
+            .stdout
+            .contains("(listed above from the catalog's earlier record)"),
+        "the backup recorded it before the damage: {}",
+        listed.stdout
+    );
     assert!(listed.stdout.contains(&other[..12]), "{}", listed.stdout);
     assert!(
         listed
@@ -695,6 +702,20 @@ async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
                 .contains(&format!("m365bk forget --snapshot {damaged}")),
         "{}",
         refused.stderr
+    );
+
+    // With --prune, the forget report comes first, then prune's refusal (exit 1).
+    let both = env.run(&["forget", "--keep-last", "5", "--prune"]).await;
+    assert_eq!(both.code, 1, "{}", both.stderr);
+    assert!(
+        both.stdout.contains("prune did not run")
+            && both.stdout.contains("keep 1")
+            && both
+                .stderr
+                .contains(&format!("snapshot {damaged} is unreadable")),
+        "{}\n{}",
+        both.stdout,
+        both.stderr
     );
 
     let kept = env.run(&["forget", "--keep-last", "1"]).await.ok();

@@ -555,7 +555,9 @@ impl Catalog {
     /// removes those the repository no longer has.
     ///
     /// # Errors
-    /// Repository errors while listing snapshots or reading item lists, [`Error::Catalog`].
+    /// Repository errors while listing snapshots or reading item lists ([`Error::Backend`];
+    /// a damaged snapshot or item list is reported in [`SyncStats::unreadable`] instead),
+    /// [`Error::Catalog`].
     pub async fn sync(&self, repo: &Repository) -> Result<SyncStats> {
         let scan = repo.scan_snapshots().await?;
         let repo_id = repo.id().to_owned();

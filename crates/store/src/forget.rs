@@ -291,6 +291,17 @@ impl Repository {
         // Refuse before taking a lock or reading anything.
         opts.validate()?;
         let held = self.lock(LockKind::Forget, lock).await?;
+        let report = self.forget_locked(opts, dry_run, filter).await;
+        held.release().await;
+        report
+    }
+
+    async fn forget_locked(
+        &self,
+        opts: &ForgetOptions,
+        dry_run: bool,
+        filter: impl Fn(&Snapshot) -> bool,
+    ) -> Result<ForgetReport> {
         let scan = self.scan_snapshots().await?;
         let mut snapshots = scan.snapshots;
         snapshots.retain(|s| filter(s));
@@ -305,7 +316,6 @@ impl Repository {
             report.removed = self.delete_snapshots(report.plan.to_remove()).await?;
             tracing::info!(removed = report.removed, "snapshots forgotten");
         }
-        held.release().await;
         Ok(report)
     }
 
@@ -324,24 +334,26 @@ impl Repository {
         lock: &LockOptions,
     ) -> Result<u64> {
         let held = self.lock(LockKind::Forget, lock).await?;
+        let removed = self.forget_snapshots_locked(ids, dry_run).await;
+        held.release().await;
+        let removed = removed?;
+        tracing::info!(removed, dry_run, "snapshots forgotten by id");
+        Ok(removed)
+    }
+
+    async fn forget_snapshots_locked(&self, ids: &[SnapshotId], dry_run: bool) -> Result<u64> {
         let present: std::collections::HashSet<SnapshotId> =
             self.inner.snapshot_ids().await?.into_iter().collect();
         if let Some(id) = ids.iter().find(|id| !present.contains(id)) {
-            held.release().await;
             return Err(Error::SnapshotNotFound { id: id.to_hex() });
         }
         let mut ids = ids.to_vec();
         ids.sort();
         ids.dedup();
-        let removed = if dry_run {
-            Ok(0)
-        } else {
-            self.delete_snapshots(ids).await
-        };
-        held.release().await;
-        let removed = removed?;
-        tracing::info!(removed, dry_run, "snapshots forgotten by id");
-        Ok(removed)
+        if dry_run {
+            return Ok(0);
+        }
+        self.delete_snapshots(ids).await
     }
 
     /// Deletes snapshot objects (one already gone counts as deleted); returns how many.

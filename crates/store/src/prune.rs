@@ -189,12 +189,13 @@ impl Repository {
         // Blobs in use: every snapshot's item list and every item's content.
         let mut used: IdSet<BlobId> = IdSet::default();
         let scan = self.scan_snapshots().await?;
-        if let Some(bad) = scan
+        let unreadable: Vec<_> = scan
             .unreadable
             .iter()
-            .find(|u| !opts.assume_forgotten.contains(&u.id))
-        {
-            let others = scan.unreadable.len() - 1;
+            .filter(|u| !opts.assume_forgotten.contains(&u.id))
+            .collect();
+        if let Some(bad) = unreadable.first() {
+            let others = unreadable.len() - 1;
             return Err(refuse(format!(
                 "snapshot {} is unreadable ({}){}, so prune cannot tell which data it still \
                  needs; if `m365bk check` confirms the damage, remove the snapshot with \

@@ -221,10 +221,11 @@ pub(crate) fn decode_snapshot(codec: &Codec, id: &SnapshotId, bytes: &[u8]) -> R
         name: name.clone(),
         detail,
     };
-    codec.check_header(ObjectKind::Snapshot, &name, bytes)?;
+    // The name first: a flipped bit in the header is damage, not a newer format version.
     if blake3::hash(bytes).as_bytes() != id.as_bytes() {
         return Err(corrupt("content does not hash to its name".to_owned()));
     }
+    codec.check_header(ObjectKind::Snapshot, &name, bytes)?;
     let body = codec.decode(ObjectKind::Snapshot, &name, bytes)?;
     let json = zstd::stream::decode_all(&*body).map_err(|e| corrupt(format!("zstd: {e}")))?;
     let file: SnapshotFile =

@@ -1639,6 +1639,17 @@ mod catalog {
         bytes[last] ^= 1;
         std::fs::write(&object, &bytes).unwrap();
 
+        // A flipped bit in another snapshot's header (its format version byte) is damage
+        // too, not a newer format.
+        let header = dir.path().join("snapshots").join(snaps[2].id.to_string());
+        let mut bytes = std::fs::read(&header).unwrap();
+        bytes[4] ^= 0x10;
+        std::fs::write(&header, &bytes).unwrap();
+        let scan = repo.scan_snapshots().await.unwrap();
+        assert_eq!(scan.unreadable.len(), 2, "{:?}", scan.unreadable);
+        bytes[4] ^= 0x10;
+        std::fs::write(&header, &bytes).unwrap();
+
         assert!(
             repo.list_snapshots().await.is_err(),
             "the strict listing fails"
