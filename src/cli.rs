@@ -353,6 +353,14 @@ pub enum PermissionsCommand {
 pub enum RepairCommand {
     /// Rebuild the SQLite catalog from the repository alone.
     Catalog,
+    /// Rebuild the index from the packs: read every pack, keep the blobs that verify (takes
+    /// the exclusive lock). After `check --read-data` finds a damaged or missing pack, or an
+    /// index file is lost; the next backup then stores the lost content again.
+    Index {
+        /// Show what would change; write and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `10` or `10%` → 10: a whole percentage from 1 to 100.

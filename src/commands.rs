@@ -90,6 +90,9 @@ async fn run_command(opts: &Opts) -> ExitCode {
         Command::Repair {
             command: RepairCommand::Catalog,
         } => repair_catalog(&settings).await,
+        Command::Repair {
+            command: RepairCommand::Index { dry_run },
+        } => repair_index(&settings, *dry_run, opts.json).await,
         Command::Key { command } => key(&settings, command, opts.json).await,
         Command::Forget(args) => forget(&settings, args, opts.json).await,
         Command::Prune(args) => prune(&settings, args, opts.json).await,
@@ -1140,6 +1143,78 @@ async fn check(
         );
         Ok(ExitCode::Failure)
     }
+}
+
+async fn repair_index(
+    settings: &Settings,
+    dry_run: bool,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = open_repo(settings).await?;
+    let report = repo.repair_index(dry_run, &lock_options()).await?;
+    if json_out {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::Success);
+    }
+    println!(
+        "read {} pack(s): {} blob(s) verified, {} damaged or lost",
+        report.packs_read, report.blobs_kept, report.blobs_dropped
+    );
+    for d in &report.damaged {
+        println!(
+            "  {}: {} ({} blob(s) dropped, {} kept)",
+            d.object, d.problem, d.blobs_dropped, d.blobs_kept
+        );
+    }
+    if !report.index_changed {
+        println!(
+            "the index lists exactly the blobs that verify: nothing to write{}",
+            if report.damaged.is_empty() {
+                ""
+            } else {
+                " (the damaged blobs above are already out of it; `m365bk prune` deletes a damaged pack once no snapshot uses it)"
+            }
+        );
+        return Ok(ExitCode::Success);
+    }
+    let mut changes = Vec::new();
+    if report.blobs_dropped > 0 {
+        changes.push(format!(
+            "{} damaged or lost blob(s) left out",
+            report.blobs_dropped
+        ));
+    }
+    if report.packs_reindexed > 0 {
+        changes.push(format!(
+            "{} pack(s) no index file listed added",
+            report.packs_reindexed
+        ));
+    }
+    if report.index_files_unreadable > 0 {
+        changes.push(format!(
+            "{} unreadable index file(s) replaced",
+            report.index_files_unreadable
+        ));
+    }
+    if dry_run {
+        println!(
+            "dry run: the new index would have {}; nothing was written",
+            changes.join(", ")
+        );
+        return Ok(ExitCode::Success);
+    }
+    println!(
+        "index rebuilt ({} file(s) written, {} deleted): {}",
+        report.index_files_written,
+        report.index_files_deleted,
+        changes.join(", ")
+    );
+    if report.blobs_dropped > 0 {
+        println!(
+            "the next backup stores the lost content again if Microsoft 365 still has it; `m365bk check` names the snapshots that still refer to lost data (restore what it lists from another snapshot, or remove a snapshot with `m365bk forget --snapshot ID`; prune waits until then)"
+        );
+    }
+    Ok(ExitCode::Success)
 }
 
 async fn repair_catalog(settings: &Settings) -> anyhow::Result<ExitCode> {

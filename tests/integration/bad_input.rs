@@ -1,9 +1,12 @@
 //! Done-when 5: bad input gets a clear error naming the problem and the fix, a non-zero exit,
 //! and leaves earlier snapshots restorable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::harness::{content_set, corpus, corpus_users, matrix_permissions, Env, Sim};
+use super::harness::{
+    content_set, corpus, corpus_users, flip_middle_byte, matrix_permissions, packs, Env, Sim,
+};
 
 fn roles() -> Vec<String> {
     let mut r = matrix_permissions("onedrive", &["discovery", "backup", "recovery"]);
@@ -14,18 +17,6 @@ fn roles() -> Vec<String> {
     r.sort();
     r.dedup();
     r
-}
-
-fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let data = repo.join("data");
-    for d in std::fs::read_dir(&data).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,14 +229,7 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         .collect();
     assert!(!new_packs.is_empty(), "the second backup wrote a pack");
     let victim = &new_packs[0];
-    let mut bytes = std::fs::read(victim).unwrap();
-    let mid = bytes.len() / 3;
-    bytes[mid] ^= 0x5a;
-    let mut perms = std::fs::metadata(victim).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(victim, perms).unwrap();
-    std::fs::write(victim, bytes).unwrap();
+    flip_middle_byte(victim);
     let pack_name = victim.file_name().unwrap().to_string_lossy().to_string();
 
     let run = env.run(&["check", "--read-data"]).await;
@@ -294,6 +278,44 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
     let mut want = content_set(&source, "drive", "");
     want.retain(|(p, _), _| !p.starts_with("Corrupt/"));
     assert_eq!(content_set(&after, "drive", "Restored-Earlier"), want);
+
+    // `repair index` drops the damaged blob from the index; the next backup downloads the
+    // file again (its parent's content is no longer all in the repository), and both the new
+    // snapshot and the damaged one (same content, same blob ids) restore it.
+    let run = env.run(&["repair", "index"]).await.ok();
+    assert!(
+        run.stdout.contains(&pack_name) && run.stdout.contains("index rebuilt"),
+        "{}",
+        run.stdout
+    );
+    let third = env
+        .run(&[
+            "--json",
+            "backup",
+            "--service",
+            "onedrive",
+            "--user",
+            &first_user,
+        ])
+        .await
+        .ok()
+        .json();
+    let third_id = third["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let want_corrupt: BTreeMap<_, _> = content_set(&source, "drive", "")
+        .into_iter()
+        .filter(|((p, _), _)| p.starts_with("Corrupt/"))
+        .collect();
+    assert!(!want_corrupt.is_empty());
+    for (id, folder) in [
+        (&third_id, "Restored-Third"),
+        (&second_id, "Restored-Healed"),
+    ] {
+        env.run(&["restore", id, "--path", "Corrupt", "--folder-name", folder])
+            .await
+            .ok();
+        let got = content_set(&sim.export(&first_user).await, "drive", folder);
+        assert_eq!(got, want_corrupt, "snapshot {id} restores the file again");
+    }
 }
 
 fn walk_first_file(dir: &Path) -> PathBuf {

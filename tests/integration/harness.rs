@@ -384,6 +384,30 @@ impl Run {
 /// Multiset of (path relative to `prefix`, sha256) of a user's mail (folder path) and drive
 /// (file path) in a simulator export, for items under `prefix` (`""` = everything not under a
 /// `Restored-` folder).
+/// The pack files of a local repository, sorted.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Flips one byte in the middle of `file` (made writable first: packs are stored read-only).
+pub fn flip_middle_byte(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x5a;
+    let mut perms = std::fs::metadata(file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(file, perms).unwrap();
+    std::fs::write(file, bytes).unwrap();
+}
+
 pub fn content_set(export: &Value, area: &str, prefix: &str) -> BTreeMap<(String, String), usize> {
     let mut out = BTreeMap::new();
     for e in export[area].as_array().unwrap() {

@@ -581,7 +581,17 @@ async fn backup_mail(
             .iter()
             .filter(|i| i.kind == kind::MESSAGE && i.parent_id.as_deref() == Some(&folder.id))
             .collect();
-        let (carried, changed) = merge(&in_folder, &outcome);
+        let (carried, mut changed) = merge(&in_folder, &outcome);
+        // An unchanged message whose MIME the repository no longer holds in full (its pack
+        // was lost, or `repair index` dropped a damaged blob) is downloaded again, never
+        // referred to.
+        let (carried, lost): (Vec<Item>, Vec<Item>) = carried
+            .into_iter()
+            .partition(|i| i.content.as_ref().is_none_or(|c| writer.contains(c)));
+        for item in lost {
+            tracing::info!(message = %item.id, folder = %folder.path, "stored MIME incomplete in the repository: downloading the message again");
+            changed.push(item.metadata);
+        }
         draft.items.push(Item {
             kind: kind::MAIL_FOLDER.into(),
             id: folder.id.clone(),

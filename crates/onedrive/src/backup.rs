@@ -304,6 +304,20 @@ pub async fn backup_drive(
         }
     }
 
+    // A file carried over from the parent whose content the repository no longer holds in
+    // full (its pack was lost, or `repair index` dropped a damaged blob) is downloaded
+    // again, never referred to.
+    for (id, node) in nodes.iter_mut() {
+        if node.is_folder || dirty.contains_key(id) {
+            continue;
+        }
+        if node.content.as_ref().is_some_and(|c| !writer.contains(c)) {
+            tracing::info!(item = %id, name = %node.name, "stored content incomplete in the repository: downloading the file again");
+            node.content = None;
+            dirty.insert(id.clone(), node.json.clone());
+        }
+    }
+
     // Paths from parent ids; anything not reachable from the root was deleted with a folder.
     let paths = resolve_paths(&nodes, root_id.as_deref());
     let mut draft_items = Vec::new();

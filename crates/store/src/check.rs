@@ -340,12 +340,15 @@ impl Repository {
                 missing.sort();
                 missing.dedup();
                 let hint = if report.unindexed_packs.is_empty() {
-                    "restore these items from another snapshot".to_owned()
+                    "their data is lost (a repair left damaged blobs out, or a pack was lost): restore these items \
+                     from another snapshot; the next backup stores them again if Microsoft 365 still has them; \
+                     remove this snapshot with `m365bk forget --snapshot ID` once you no longer need it (prune waits until then)"
+                        .to_owned()
                 } else {
                     format!(
                         "{} pack(s) in data/ are in no index file either, so an index file is probably lost; \
-                         the data may still be in those packs: keep them (m365bk does not delete packs) and restore \
-                         these items from another snapshot; rebuilding an index from packs is not implemented yet",
+                         the data may still be in those packs: run `m365bk repair index` to re-index them \
+                         (prune refuses to run until then, so it deletes none of them)",
                         report.unindexed_packs.len()
                     )
                 };

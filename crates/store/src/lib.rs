@@ -103,6 +103,7 @@ mod location;
 mod lock;
 mod pack;
 mod prune;
+mod repair;
 mod repository;
 mod snapshot;
 
@@ -128,6 +129,7 @@ pub use lock::{
     MAX_LOCK_TTL, MIN_LOCK_TTL,
 };
 pub use prune::{PruneOptions, PruneReport, DEFAULT_MAX_UNUSED_PERCENT};
+pub use repair::{DamagedPack, RepairReport};
 pub use repository::{
     Encryption, InitOptions, RepoStats, Repository, SnapshotScan, UnreadableSnapshot,
 };

@@ -61,7 +61,7 @@ pub const MIN_LOCK_TTL: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-/// What a lock is taken for. Only [`LockKind::Prune`] is exclusive.
+/// What a lock is taken for. Only [`LockKind::Prune`] and [`LockKind::Repair`] are exclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockKind {
@@ -78,12 +78,14 @@ pub enum LockKind {
     Forget,
     /// `prune` (exclusive): deletes and rewrites packs and index files.
     Prune,
+    /// `repair index` (exclusive): rewrites the index files.
+    Repair,
 }
 
 impl LockKind {
-    /// True for the exclusive kind (prune).
+    /// True for the exclusive kinds (prune, repair).
     pub fn is_exclusive(self) -> bool {
-        matches!(self, LockKind::Prune)
+        matches!(self, LockKind::Prune | LockKind::Repair)
     }
 
     /// Lowercase name, as stored.
@@ -95,6 +97,7 @@ impl LockKind {
             LockKind::Read => "read",
             LockKind::Forget => "forget",
             LockKind::Prune => "prune",
+            LockKind::Repair => "repair",
         }
     }
 }

@@ -254,13 +254,18 @@ impl Repository {
         for blob in &used {
             let Some(loc) = index.get(blob) else {
                 return Err(refuse(format!(
-                    "blob {blob} is in use but in no index file"
+                    "blob {blob} is in use but in no index file (an index file was lost: \
+                     `m365bk repair index` re-indexes the packs; or the blob was damaged and \
+                     left out by a repair: forget the snapshots `m365bk check` names with \
+                     `m365bk forget --snapshot ID`)"
                 )));
             };
             let plan = plans.get_mut(&loc.pack.id).expect("indexed pack is listed");
             if !plan.on_disk {
                 return Err(refuse(format!(
-                    "pack {} holds blobs in use but is missing or has the wrong size",
+                    "pack {} holds blobs in use but is missing or has the wrong size \
+                     (`m365bk repair index` drops what is lost from the index, so the next \
+                     backup stores it again)",
                     pack_path(&loc.pack.id)
                 )));
             }
@@ -366,7 +371,12 @@ impl Repository {
             })
             .await
             .map_err(Error::join)?
-            .map_err(|detail| refuse(format!("pack {path} is damaged: {detail}")))?;
+            .map_err(|detail| {
+                refuse(format!(
+                    "pack {path} is damaged: {detail} (`m365bk repair index` drops the damaged \
+                     blobs from the index, so the next backup stores them again)"
+                ))
+            })?;
             for b in blobs {
                 builder.add(b);
                 if builder.len() >= target {

@@ -790,6 +790,155 @@ mod damage {
         );
     }
 
+    fn index_file_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("index"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A damaged blob: a backup keeps deduplicating against it until `repair index` drops it;
+    /// then the same content is stored again and restores, the other snapshot is untouched,
+    /// and `check` names the snapshot that still refers to the lost blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repair_index_drops_a_damaged_blob_so_the_next_backup_stores_it_again() {
+        let (dir, snap_a, snap_b, pack_a, _) = two_snapshots_two_packs().await;
+        let mut bytes = std::fs::read(&pack_a).unwrap();
+        bytes[8 + 1000] ^= 0x40;
+        std::fs::write(&pack_a, &bytes).unwrap();
+        let lock = m365bk_store::LockOptions::default();
+
+        // Before the repair, the same content is deduplicated against the damaged blob.
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        store(&backup, &random_bytes(MIB, 1), &[MIB]).await;
+        assert_eq!(
+            backup.stats().blobs_new,
+            0,
+            "deduplicated: the bug repair fixes"
+        );
+        drop(backup);
+
+        let before = index_file_names(dir.path());
+        let dry = repo.repair_index(true, &lock).await.unwrap();
+        assert!(dry.dry_run && dry.index_changed, "{dry:#?}");
+        assert_eq!(dry.blobs_dropped, 1, "{dry:#?}");
+        assert_eq!(
+            index_file_names(dir.path()),
+            before,
+            "a dry run writes nothing"
+        );
+
+        let report = repo.repair_index(false, &lock).await.unwrap();
+        assert_eq!(report.packs_read, 2);
+        assert_eq!(report.blobs_dropped, 1, "{report:#?}");
+        assert_eq!(report.damaged.len(), 1, "{report:#?}");
+        assert!(
+            report.damaged[0].object.ends_with(&file_name(&pack_a)),
+            "{report:#?}"
+        );
+        assert!(
+            report.damaged[0].problem.contains("1 blob(s) damaged"),
+            "{report:#?}"
+        );
+        assert!(report.damaged[0].blobs_kept >= 1, "{report:#?}");
+        assert!(
+            report.index_files_written >= 1 && report.index_files_deleted == before.len() as u64
+        );
+        assert!(index_file_names(dir.path())
+            .iter()
+            .all(|n| !before.contains(n)));
+
+        // A fresh process: check names the snapshot whose blob is now in no index, only it.
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let check = repo.check(CheckOptions::structure()).await.unwrap();
+        let affected: Vec<_> = check
+            .errors
+            .iter()
+            .flat_map(|p| p.affected_snapshots.clone())
+            .collect();
+        assert_eq!(affected, vec![snap_a.id], "{:#?}", check.errors);
+        assert!(
+            check.errors[0].problem.contains("forget --snapshot"),
+            "{:#?}",
+            check.errors
+        );
+
+        // The damaged blob is in no index, so the same content is stored again.
+        let backup = repo.begin_backup().await.unwrap();
+        let again = store(&backup, &random_bytes(MIB, 1), &[MIB]).await;
+        assert!(backup.stats().blobs_new >= 1, "{:?}", backup.stats());
+        let snap_c = backup
+            .commit_snapshot(draft("adele", vec![item("a.bin", Some(again))]))
+            .await
+            .unwrap();
+        backup.finish().await.unwrap();
+        let content_c = content_of(&repo, &snap_c).await;
+        assert_eq!(
+            read_all(&repo, &content_c).await.unwrap(),
+            random_bytes(MIB, 1)
+        );
+        let content_b = content_of(&repo, &snap_b).await;
+        assert_eq!(
+            read_all(&repo, &content_b).await.unwrap(),
+            random_bytes(MIB, 2)
+        );
+
+        // The blob is content-addressed: stored again, it heals the old snapshot too.
+        let content_a = content_of(&repo, &snap_a).await;
+        assert_eq!(
+            read_all(&repo, &content_a).await.unwrap(),
+            random_bytes(MIB, 1)
+        );
+        let check = repo.check(CheckOptions::read_data()).await.unwrap();
+        assert!(
+            check.errors.iter().all(|p| p.affected_snapshots.is_empty()),
+            "only the damaged pack itself is left, used by no snapshot: {:#?}",
+            check.errors
+        );
+
+        // Repairing again changes nothing: the damaged blob is already out.
+        let again = repo.repair_index(false, &lock).await.unwrap();
+        assert!(!again.index_changed, "{again:#?}");
+        assert_eq!(again.index_files_written, 0);
+    }
+
+    /// Every index file lost: `repair index` re-indexes the packs from their trailers, and
+    /// both snapshots restore and check clean again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repair_index_reindexes_packs_after_the_index_files_are_lost() {
+        let (dir, snap_a, snap_b, _, _) = two_snapshots_two_packs().await;
+        for f in index_file_names(dir.path()) {
+            std::fs::remove_file(dir.path().join("index").join(f)).unwrap();
+        }
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        assert!(!repo.check(CheckOptions::default()).await.unwrap().is_ok());
+        let report = repo
+            .repair_index(false, &m365bk_store::LockOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.packs_reindexed, report.blobs_dropped),
+            (2, 0),
+            "{report:#?}"
+        );
+        assert!(report.damaged.is_empty(), "{report:#?}");
+        let check = repo.check(CheckOptions::read_data()).await.unwrap();
+        assert!(check.is_ok(), "{:#?}", check.errors);
+        let a = content_of(&repo, &snap_a).await;
+        assert_eq!(read_all(&repo, &a).await.unwrap(), random_bytes(MIB, 1));
+        let b = content_of(&repo, &snap_b).await;
+        assert_eq!(read_all(&repo, &b).await.unwrap(), random_bytes(MIB, 2));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn read_data_subset_reads_that_share_of_the_packs() {
         let (dir, snap_a, _, pack_a, _) = two_snapshots_two_packs().await;
@@ -932,7 +1081,11 @@ mod damage {
                 "{}",
                 problem.problem
             );
-            assert!(problem.problem.contains("keep them"), "{}", problem.problem);
+            assert!(
+                problem.problem.contains("m365bk repair index"),
+                "{}",
+                problem.problem
+            );
         }
         let mut affected: Vec<_> = report
             .errors
