@@ -887,7 +887,7 @@ async fn restore(
     }
     let started = chrono::Utc::now();
     let job = gate(settings, &catalog, spec).await?;
-    let (report, failed) = match service {
+    let (report, text, failures) = match service {
         Service::Exchange => {
             let opts = m365bk_exchange::RestoreOptions {
                 target_user: target.clone(),
@@ -896,8 +896,11 @@ async fn restore(
                 concurrency: settings.concurrency,
             };
             let r = m365bk_exchange::restore_mailbox(&job, &repo, &items, &opts).await?;
-            let failed = r.failed.len();
-            (serde_json::to_value(&r)?, failed)
+            let text = format!(
+                "{} message(s) ({} bytes of MIME), {} mail folder(s), {} contact(s), {} event(s)",
+                r.messages, r.bytes, r.folders, r.contacts, r.events
+            );
+            (serde_json::to_value(&r)?, text, r.failed)
         }
         Service::OneDrive => {
             let opts = m365bk_onedrive::RestoreOptions {
@@ -907,11 +910,15 @@ async fn restore(
                 concurrency: settings.concurrency,
             };
             let r = m365bk_onedrive::restore_drive(&job, &repo, &items, &opts).await?;
-            let failed = r.failed.len();
-            (serde_json::to_value(&r)?, failed)
+            let text = format!(
+                "{} file(s) ({} bytes; {} through upload sessions), {} folder(s)",
+                r.files, r.bytes, r.upload_sessions, r.folders
+            );
+            (serde_json::to_value(&r)?, text, r.failed)
         }
         other => anyhow::bail!("restore of {other} is not implemented yet"),
     };
+    let failed = failures.len();
     let outcome = if failed == 0 { "ok" } else { "partial" };
     let summary = json!({ "job_id": job.spec().id.to_string(), "snapshot": snapshot.id.to_string(), "service": service.as_str(), "outcome": outcome, "report": report });
     let run = JobRun {
@@ -930,13 +937,20 @@ async fn restore(
         println!("{summary}");
     } else {
         println!(
-            "restored snapshot {} ({}) to {} in folder {}: {}",
+            "restored snapshot {} ({}) to {} in folder {}: {text}",
             short(&snapshot.id.to_string()),
             service,
             target,
             folder_name,
-            report
         );
+        for (path, reason) in &failures {
+            println!("  not restored: {path}: {reason}");
+        }
+        if failed > 0 {
+            println!(
+                "{failed} item(s) not restored (exit 3); `m365bk check --read-data` names damaged data, and another snapshot may hold these items"
+            );
+        }
     }
     Ok(if failed == 0 {
         ExitCode::Success

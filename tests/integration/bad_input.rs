@@ -262,7 +262,14 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
             "Restored-Corrupt",
         ])
         .await;
-    assert_ne!(run.code, 0, "restoring damaged data fails");
+    assert_eq!(run.code, 3, "restoring damaged data is incomplete");
+    assert!(
+        run.stdout.contains("not restored: Corrupt/new-file.bin: ")
+            && run.stdout.contains("1 item(s) not restored (exit 3)")
+            && !run.stdout.contains("{\""),
+        "one line per item, no raw JSON: {}",
+        run.stdout
+    );
     assert!(
         run.stderr.contains(&pack_name[..12]) && run.stderr.contains("check --read-data"),
         "names the pack and the fix: {}",
