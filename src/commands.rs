@@ -1176,8 +1176,8 @@ async fn repair_index(
     );
     for d in &report.damaged {
         println!(
-            "  {}: {} ({} blob(s) dropped, {} kept)",
-            d.object, d.problem, d.blobs_dropped, d.blobs_kept
+            "  {}: {} ({} blob(s) lost, {} verified and copied into a new pack)",
+            d.object, d.problem, d.blobs_dropped, d.blobs_salvaged
         );
     }
     if !report.index_changed {
@@ -1186,7 +1186,7 @@ async fn repair_index(
             if report.damaged.is_empty() {
                 ""
             } else {
-                " (the damaged blobs above are already out of it; `m365bk prune` deletes a damaged pack once no snapshot uses it)"
+                " (the damaged packs above are in no index file any more; the next `m365bk prune` deletes them)"
             }
         );
         return Ok(ExitCode::Success);
@@ -1196,6 +1196,13 @@ async fn repair_index(
         changes.push(format!(
             "{} damaged or lost blob(s) left out",
             report.blobs_dropped
+        ));
+    }
+    if !report.damaged.is_empty() {
+        changes.push(format!(
+            "{} damaged or missing pack(s) no longer listed ({} new pack(s) hold what verified; the next `m365bk prune` deletes the damaged ones)",
+            report.damaged.len(),
+            report.packs_written
         ));
     }
     if report.packs_reindexed > 0 {
@@ -1225,7 +1232,7 @@ async fn repair_index(
     );
     if report.blobs_dropped > 0 {
         println!(
-            "the next backup stores the lost content again if Microsoft 365 still has it; `m365bk check` names the snapshots that still refer to lost data (restore what it lists from another snapshot, or remove a snapshot with `m365bk forget --snapshot ID`; prune waits until then)"
+            "the next backup stores the lost content again if Microsoft 365 still has it (and, when the content is byte for byte the same, as files usually are, that heals older snapshots too); `m365bk check` names the snapshots that still refer to lost data: restore what it lists from another snapshot, or remove a snapshot with `m365bk forget --snapshot ID` (prune refuses to run while a snapshot refers to lost data)"
         );
     }
     Ok(ExitCode::Success)

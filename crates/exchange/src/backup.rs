@@ -705,7 +705,11 @@ async fn backup_mail(
                 Err(err) => {
                     failed = true;
                     let path = message_path(&folder_path, &m);
-                    let kept = parent_by_id.get(id.as_str()).map(|p| (*p).clone());
+                    // Only a previous version the repository still holds in full.
+                    let kept = parent_by_id
+                        .get(id.as_str())
+                        .filter(|p| p.content.as_ref().is_none_or(|c| writer.contains(c)))
+                        .map(|p| (*p).clone());
                     let reason = if kept.is_some() {
                         format!("{err}; kept the previous version")
                     } else {

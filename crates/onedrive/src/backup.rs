@@ -363,7 +363,10 @@ pub async fn backup_drive(
             Err(err) => {
                 failed = true;
                 tracing::warn!(path = %path, error = %err, "file not backed up");
-                let kept = parent_nodes.get(&id).filter(|n| n.content.is_some());
+                // Only a previous version the repository still holds in full.
+                let kept = parent_nodes
+                    .get(&id)
+                    .filter(|n| n.content.as_ref().is_some_and(|c| writer.contains(c)));
                 let reason = if kept.is_some() {
                     format!("{err}; kept the previous version")
                 } else {

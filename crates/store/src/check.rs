@@ -346,9 +346,12 @@ impl Repository {
                         .to_owned()
                 } else {
                     format!(
-                        "{} pack(s) in data/ are in no index file either, so an index file is probably lost; \
-                         the data may still be in those packs: run `m365bk repair index` to re-index them \
-                         (prune refuses to run until then, so it deletes none of them)",
+                        "{} pack(s) in data/ are in no index file either: if an index file was lost, the data \
+                         may still be in them, and `m365bk repair index` re-indexes what in them verifies; if \
+                         that repair already ran, these blobs were damaged and are lost: the next backup stores \
+                         the content again if Microsoft 365 still has it, and `m365bk forget --snapshot ID` \
+                         removes a snapshot you no longer need (prune refuses to run while a snapshot refers \
+                         to lost data, so it deletes none of those packs meanwhile)",
                         report.unindexed_packs.len()
                     )
                 };
@@ -384,7 +387,9 @@ impl Repository {
                     report.snapshots_unreadable
                 )
             } else if trouble.affected.is_empty() {
-                "no snapshot refers to its damaged blobs; prune will remove it".to_owned()
+                "no snapshot refers to its damaged blobs; `m365bk repair index` moves its sound blobs \
+                 into a new pack and drops it from the index, and the next prune deletes it"
+                    .to_owned()
             } else {
                 let items = trouble.items.len() as u64 + trouble.more_items;
                 let who = if items > 0 {
@@ -399,10 +404,9 @@ impl Repository {
                     )
                 };
                 format!(
-                    "{who}; restore them from a snapshot this check does not list, if one holds them; a new \
-                     backup deduplicates against the damaged blobs and does not store them again, so back up \
-                     into a new repository (`m365bk init` with another repository.url) until the repository \
-                     can be repaired"
+                    "{who}; run `m365bk repair index` so that the next backup stores their content again \
+                     (until then a backup deduplicates against the damaged blobs); restore what Microsoft 365 \
+                     no longer has from a snapshot this check does not list, if one holds it"
                 )
             };
             report.errors.push(CheckProblem {

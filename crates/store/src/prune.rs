@@ -477,7 +477,8 @@ impl Repository {
         Ok(report)
     }
 
-    async fn upload_pack(&self, builder: PackBuilder) -> Result<IndexPack> {
+    /// Seals `builder` and writes it as a new pack (prune's repack, repair's salvage).
+    pub(crate) async fn upload_pack(&self, builder: PackBuilder) -> Result<IndexPack> {
         let codec = self.inner.codec.clone();
         let sealed = tokio::task::spawn_blocking(move || builder.seal(&codec))
             .await

@@ -10,22 +10,24 @@
 //! old ones deleted, so a crash in between leaves the old entries beside the new (the state
 //! before the repair, no worse) and running the repair again finishes it.
 //!
-//! A blob that does not verify is left out of the index: the next backup stores that content
-//! again if the source still has it, and `check` names the snapshots that refer to it.
-//! Packs are not changed or deleted here; a pack with no good blob left is deleted by the
-//! next `prune` (as an unindexed pack).
+//! A damaged pack (one that does not hash to its name, or whose trailer or a blob fails) is
+//! salvaged: the blobs of it that verify are copied as they are into new packs, which the new
+//! index lists instead of the damaged pack. The damaged pack is left in `data/`, listed by no
+//! index file, for the next `prune` to delete; nothing here deletes a pack. A blob that does
+//! not verify is left out of the index: the next backup stores that content again if the
+//! source still has it, and `check` names the snapshots that refer to it.
 
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::blob;
+use crate::blob::{self, EncodedBlob};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
 use crate::index::{self, IndexPack};
 use crate::lock::{LockKind, LockOptions};
-use crate::pack::{self, pack_path, BlobEntry};
+use crate::pack::{self, pack_path, BlobEntry, PackBuilder};
 use crate::repository::Repository;
 
 /// Packs listed per new index file (as prune writes them).
@@ -50,6 +52,8 @@ pub struct RepairReport {
     /// True if the new index differs from the current one (so it is written, unless a dry
     /// run): a listed blob is left out, a pack is added, or an index file was unreadable.
     pub index_changed: bool,
+    /// New packs written with the blobs salvaged from damaged ones (0 in a dry run).
+    pub packs_written: u64,
     /// Index files written (0 if the index was already sound, or in a dry run).
     pub index_files_written: u64,
     /// Old index files deleted.
@@ -58,17 +62,18 @@ pub struct RepairReport {
     pub damaged: Vec<DamagedPack>,
 }
 
-/// A pack [`Repository::repair_index`] could not fully index.
+/// A pack [`Repository::repair_index`] found damaged or missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedPack {
     /// The pack's object path (`data/ab/…`).
     pub object: String,
     /// What is wrong with it.
     pub problem: String,
-    /// Blobs of it left out of the index.
+    /// Blobs of it that do not verify (or are in a pack that is gone): left out of the index.
     pub blobs_dropped: u64,
-    /// Blobs of it that verified and stay indexed.
-    pub blobs_kept: u64,
+    /// Blobs of it that verified: copied into a new pack (the damaged pack itself is then
+    /// listed by no index file, and the next prune deletes it).
+    pub blobs_salvaged: u64,
 }
 
 impl Repository {
@@ -122,10 +127,12 @@ impl Repository {
                 .collect()
                 .await;
         let mut listed: IdMap<PackId, Vec<BlobEntry>> = IdMap::default();
+        let mut listed_size: IdMap<PackId, u64> = IdMap::default();
         for (id, packs) in loaded {
             match packs {
                 Ok(packs) => {
                     for p in packs {
+                        listed_size.entry(p.id).or_insert(p.size);
                         let entries = listed.entry(p.id).or_default();
                         for b in p.blobs {
                             if !entries.contains(&b) {
@@ -134,10 +141,13 @@ impl Repository {
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(index = %id, error = %e, "index file unreadable; its packs are indexed from the packs");
+                // A damaged index file is replaced; anything else (the storage not answering,
+                // a newer format) stops the repair before it writes anything.
+                Err(Error::CorruptObject { detail, .. }) => {
+                    tracing::warn!(index = %id, %detail, "index file damaged; its packs are indexed from the packs");
                     report.index_files_unreadable += 1;
                 }
+                Err(e) => return Err(e),
             }
         }
 
@@ -151,13 +161,15 @@ impl Repository {
                     problem: "missing: the index lists it but it is not in the repository"
                         .to_owned(),
                     blobs_dropped: entries.len() as u64,
-                    blobs_kept: 0,
+                    blobs_salvaged: 0,
                 });
             }
         }
 
-        // Every pack, read and verified.
+        // Every pack, read and verified; the good blobs of damaged packs copied into new ones.
         let mut new_index: Vec<IndexPack> = Vec::new();
+        let mut salvage = PackBuilder::default();
+        let mut salvaged: Vec<EncodedBlob> = Vec::new();
         for (id, size) in on_disk {
             held.ensure_valid(held.ttl() / 2)?;
             let path = pack_path(&id);
@@ -167,12 +179,13 @@ impl Repository {
                 // The storage did not answer: stop before anything is written.
                 Err(e @ Error::Backend { .. }) => return Err(e),
                 Err(e) => {
+                    report.index_changed |= !from_index.is_empty();
                     report.blobs_dropped += from_index.len() as u64;
                     report.damaged.push(DamagedPack {
                         object: path.to_string(),
                         problem: format!("unreadable: {e}"),
                         blobs_dropped: from_index.len() as u64,
-                        blobs_kept: 0,
+                        blobs_salvaged: 0,
                     });
                     continue;
                 }
@@ -184,34 +197,57 @@ impl Repository {
             })
             .await
             .map_err(Error::join)?;
-            let was_listed = listed.contains_key(&id);
-            if !verified.good.is_empty() && !was_listed {
-                report.packs_reindexed += 1;
-            }
-            report.blobs_kept += verified.good.len() as u64;
+            let good_count = verified.good.len() as u64;
+            report.blobs_kept += good_count;
             report.blobs_dropped += verified.dropped;
-            if !verified.problems.is_empty() {
-                report.damaged.push(DamagedPack {
-                    object: path.to_string(),
-                    problem: verified.problems.join("; "),
-                    blobs_dropped: verified.dropped,
-                    blobs_kept: verified.good.len() as u64,
-                });
-            }
-            // A blob the index lists that did not verify, or a verified one it does not list.
-            let mut now: Vec<BlobEntry> = listed.get(&id).cloned().unwrap_or_default();
-            let mut then = verified.good.clone();
-            now.sort_by_key(|e| (e.offset, e.id));
-            then.sort_by_key(|e| (e.offset, e.id));
-            if now != then {
-                report.index_changed = true;
-            }
-            if !verified.good.is_empty() {
+            if verified.problems.is_empty() {
+                // Sound: indexed as it is.
+                if !listed.contains_key(&id) {
+                    report.packs_reindexed += 1;
+                    report.index_changed = true;
+                } else {
+                    let mut now = listed[&id].clone();
+                    now.sort_by_key(|e| (e.offset, e.id));
+                    if now != verified.good || listed_size.get(&id) != Some(&size) {
+                        report.index_changed = true;
+                    }
+                }
                 new_index.push(IndexPack {
                     id,
                     size,
                     blobs: verified.good,
                 });
+                continue;
+            }
+            // Damaged: left out of the index; what verified is salvaged.
+            report.index_changed |= listed.contains_key(&id);
+            report.damaged.push(DamagedPack {
+                object: path.to_string(),
+                problem: verified.problems.join("; "),
+                blobs_dropped: verified.dropped,
+                blobs_salvaged: good_count,
+            });
+            salvaged.extend(verified.blobs);
+        }
+        // A blob can be salvaged from two damaged packs, or sound elsewhere: store it once.
+        let mut have: IdSet<BlobId> = new_index
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .collect();
+        salvaged.retain(|b| have.insert(b.id));
+        report.index_changed |= !salvaged.is_empty();
+        if !dry_run {
+            let target = inner.config.pack_target_size;
+            for blob in salvaged {
+                salvage.add(blob);
+                if salvage.len() >= target {
+                    new_index.push(self.upload_pack(std::mem::take(&mut salvage)).await?);
+                    report.packs_written += 1;
+                }
+            }
+            if !salvage.is_empty() {
+                new_index.push(self.upload_pack(salvage).await?);
+                report.packs_written += 1;
             }
         }
         report.damaged.sort_by(|a, b| a.object.cmp(&b.object));
@@ -283,16 +319,18 @@ impl Repository {
 
 /// One pack's verification.
 struct Verified {
-    /// Entries whose blob verified, in pack order.
+    /// Entries whose blob verified, in pack order, each id once.
     good: Vec<BlobEntry>,
-    /// Entries left out.
+    /// The stored bytes of `good`, for salvaging them if the pack is damaged.
+    blobs: Vec<EncodedBlob>,
+    /// Entries that did not verify.
     dropped: u64,
     /// What is wrong with the pack (empty if nothing).
     problems: Vec<String>,
 }
 
-/// Verifies every blob the pack's trailer lists (or, if the trailer cannot be read,
-/// `from_index`, what the index listed for it).
+/// Verifies the pack's hash and every blob its trailer lists (or, if the trailer cannot be
+/// read, `from_index`, what the index listed for it).
 fn verify_pack_entries(
     codec: &crate::format::Codec,
     key: &[u8; 32],
@@ -301,6 +339,9 @@ fn verify_pack_entries(
     from_index: Vec<BlobEntry>,
 ) -> Verified {
     let mut problems = Vec::new();
+    if blake3::hash(bytes).as_bytes() != id.as_bytes() {
+        problems.push("content does not hash to its name".to_owned());
+    }
     let mut entries = match pack::parse_pack(codec, id, bytes) {
         Ok(entries) => entries,
         Err(e) => {
@@ -315,9 +356,10 @@ fn verify_pack_entries(
             from_index
         }
     };
-    entries.sort_by_key(|e| e.offset);
-    entries.dedup_by_key(|e| e.id);
-    let mut good = Vec::with_capacity(entries.len());
+    entries.sort_by_key(|e| (e.offset, e.id));
+    let mut good: Vec<BlobEntry> = Vec::with_capacity(entries.len());
+    let mut blobs = Vec::with_capacity(entries.len());
+    let mut seen: IdSet<BlobId> = IdSet::default();
     let mut bad: Vec<(BlobId, String)> = Vec::new();
     for entry in entries {
         let range = entry.range();
@@ -330,14 +372,27 @@ fn verify_pack_entries(
             key,
             codec,
             &entry.id,
-            stored,
+            stored.clone(),
             entry.compression,
             entry.raw_len,
         ) {
-            Ok(_) => good.push(entry),
+            Ok(_) => {
+                // Verified first, then deduplicated: a damaged copy never hides a good one.
+                if seen.insert(entry.id) {
+                    good.push(entry);
+                    blobs.push(EncodedBlob {
+                        id: entry.id,
+                        raw_len: entry.raw_len,
+                        compression: entry.compression,
+                        data: stored,
+                    });
+                }
+            }
             Err(detail) => bad.push((entry.id, detail)),
         }
     }
+    // A blob that failed in one place and verified in another is not lost.
+    bad.retain(|(id, _)| !seen.contains(id));
     if !bad.is_empty() {
         let first: Vec<&str> = bad.iter().take(3).map(|(_, d)| d.as_str()).collect();
         problems.push(format!(
@@ -349,6 +404,7 @@ fn verify_pack_entries(
     }
     Verified {
         good,
+        blobs,
         dropped: bad.len() as u64,
         problems,
     }

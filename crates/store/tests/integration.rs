@@ -845,7 +845,12 @@ mod damage {
             report.damaged[0].problem.contains("1 blob(s) damaged"),
             "{report:#?}"
         );
-        assert!(report.damaged[0].blobs_kept >= 1, "{report:#?}");
+        assert!(report.damaged[0].blobs_salvaged >= 1, "{report:#?}");
+        assert_eq!(report.damaged[0].blobs_dropped, 1, "{report:#?}");
+        assert_eq!(
+            report.packs_written, 1,
+            "the sound blobs, salvaged: {report:#?}"
+        );
         assert!(
             report.index_files_written >= 1 && report.index_files_deleted == before.len() as u64
         );
@@ -896,17 +901,56 @@ mod damage {
             read_all(&repo, &content_a).await.unwrap(),
             random_bytes(MIB, 1)
         );
+        // The damaged pack is in no index any more: check is clean (it notes the unindexed
+        // pack), and prune deletes it.
         let check = repo.check(CheckOptions::read_data()).await.unwrap();
-        assert!(
-            check.errors.iter().all(|p| p.affected_snapshots.is_empty()),
-            "only the damaged pack itself is left, used by no snapshot: {:#?}",
-            check.errors
-        );
+        assert!(check.is_ok(), "{:#?}", check.errors);
+        assert_eq!(check.unindexed_packs.len(), 1, "{check:#?}");
 
         // Repairing again changes nothing: the damaged blob is already out.
         let again = repo.repair_index(false, &lock).await.unwrap();
         assert!(!again.index_changed, "{again:#?}");
-        assert_eq!(again.index_files_written, 0);
+        assert_eq!((again.index_files_written, again.packs_written), (0, 0));
+
+        // Prune deletes the damaged pack; then check finds nothing at all.
+        repo.prune(&m365bk_store::PruneOptions::default(), &lock)
+            .await
+            .unwrap();
+        assert!(!pack_a.exists(), "prune deleted the damaged pack");
+        let check = repo.check(CheckOptions::read_data()).await.unwrap();
+        assert!(check.is_ok(), "{:#?}", check.errors);
+        assert!(check.unindexed_packs.is_empty(), "{check:#?}");
+    }
+
+    /// A pack whose trailer is damaged but whose blobs are sound: repair falls back to the
+    /// index's entries for it, finds every blob good, and salvages them all into a new pack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repair_index_salvages_a_pack_with_a_damaged_trailer_through_the_index() {
+        let (dir, _, snap_b, _, pack_b) = two_snapshots_two_packs().await;
+        let mut bytes = std::fs::read(&pack_b).unwrap();
+        let in_trailer = bytes.len() - 8 - 20;
+        bytes[in_trailer] ^= 0x01;
+        std::fs::write(&pack_b, &bytes).unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        let report = repo
+            .repair_index(false, &m365bk_store::LockOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.blobs_dropped, 0, "{report:#?}");
+        assert_eq!(report.damaged.len(), 1, "{report:#?}");
+        assert!(
+            report.damaged[0]
+                .problem
+                .contains("entries for it are tried instead"),
+            "{report:#?}"
+        );
+        assert!(report.damaged[0].blobs_salvaged >= 1 && report.packs_written == 1);
+        let b = content_of(&repo, &snap_b).await;
+        assert_eq!(read_all(&repo, &b).await.unwrap(), random_bytes(MIB, 2));
+        let check = repo.check(CheckOptions::read_data()).await.unwrap();
+        assert!(check.is_ok(), "{:#?}", check.errors);
     }
 
     /// Every index file lost: `repair index` re-indexes the packs from their trailers, and
@@ -1077,7 +1121,7 @@ mod damage {
                 problem.problem
             );
             assert!(
-                problem.problem.contains("index file is probably lost"),
+                problem.problem.contains("if an index file was lost"),
                 "{}",
                 problem.problem
             );
