@@ -168,8 +168,9 @@ impl Repository {
 
         // Every pack, read and verified; the good blobs of damaged packs copied into new ones.
         let mut new_index: Vec<IndexPack> = Vec::new();
-        let mut salvage = PackBuilder::default();
-        let mut salvaged: Vec<EncodedBlob> = Vec::new();
+        // Damaged packs and the entries of theirs that verified (their bytes are not kept:
+        // a repair of many damaged packs must not hold them all in memory).
+        let mut damaged: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
         for (id, size) in on_disk {
             held.ensure_valid(held.ttl() / 2)?;
             let path = pack_path(&id);
@@ -227,22 +228,45 @@ impl Repository {
                 blobs_dropped: verified.dropped,
                 blobs_salvaged: good_count,
             });
-            salvaged.extend(verified.blobs);
+            damaged.push((id, verified.good));
         }
-        // A blob can be salvaged from two damaged packs, or sound elsewhere: store it once.
+        // A blob can be salvaged from two damaged packs, or be sound elsewhere: store it once.
         let mut have: IdSet<BlobId> = new_index
             .iter()
             .flat_map(|p| p.blobs.iter().map(|b| b.id))
             .collect();
-        salvaged.retain(|b| have.insert(b.id));
-        report.index_changed |= !salvaged.is_empty();
+        let damaged: Vec<(PackId, Vec<BlobEntry>)> = damaged
+            .into_iter()
+            .map(|(id, good)| (id, good.into_iter().filter(|e| have.insert(e.id)).collect()))
+            .filter(|(_, good): &(PackId, Vec<BlobEntry>)| !good.is_empty())
+            .collect();
+        report.index_changed |= !damaged.is_empty();
         if !dry_run {
+            // One damaged pack in memory at a time: read again, its sound blobs copied as
+            // stored into new packs as they fill.
             let target = inner.config.pack_target_size;
-            for blob in salvaged {
-                salvage.add(blob);
-                if salvage.len() >= target {
-                    new_index.push(self.upload_pack(std::mem::take(&mut salvage)).await?);
-                    report.packs_written += 1;
+            let mut salvage = PackBuilder::default();
+            for (id, good) in damaged {
+                held.ensure_valid(held.ttl() / 2)?;
+                let path = pack_path(&id);
+                let bytes = inner.get("pack", &path).await?;
+                let wanted: IdSet<BlobId> = good.iter().map(|e| e.id).collect();
+                let (key, codec) = (inner.key.clone(), inner.codec.clone());
+                let verified = tokio::task::spawn_blocking(move || {
+                    verify_pack_entries(&codec, &key, &id, &bytes, good)
+                })
+                .await
+                .map_err(Error::join)?;
+                for blob in verified
+                    .blobs
+                    .into_iter()
+                    .filter(|b| wanted.contains(&b.id))
+                {
+                    salvage.add(blob);
+                    if salvage.len() >= target {
+                        new_index.push(self.upload_pack(std::mem::take(&mut salvage)).await?);
+                        report.packs_written += 1;
+                    }
                 }
             }
             if !salvage.is_empty() {
