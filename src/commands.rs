@@ -173,9 +173,11 @@ fn classify(err: &anyhow::Error) -> ExitCode {
                 | m365bk_store::Error::PassphraseRequired { .. } => {
                     return ExitCode::WrongPassphrase
                 }
-                // Both come from the command line (key derivation: its flags or M365BK_KDF_*).
+                // These come from the command line (key derivation: its flags or
+                // M365BK_KDF_*; ids: `forget --snapshot`, `restore`, `ls`).
                 m365bk_store::Error::InvalidPolicy { .. }
-                | m365bk_store::Error::InvalidKdfParams { .. } => return ExitCode::Usage,
+                | m365bk_store::Error::InvalidKdfParams { .. }
+                | m365bk_store::Error::InvalidId { .. } => return ExitCode::Usage,
                 _ => {}
             }
         }
@@ -1107,13 +1109,13 @@ async fn check(
         }
         if report.snapshots_unreadable > 0 {
             println!(
-                "{} more snapshot(s) could not be read, or their item lists could not (listed below); one that cannot be repaired is removed with `m365bk forget --snapshot ID` (its data goes at the next prune)",
+                "{} snapshot(s) could not be checked in full: their object or item list cannot be read (listed below); one that cannot be repaired is removed with `m365bk forget --snapshot ID` (its data goes at the next prune)",
                 report.snapshots_unreadable
             );
         }
         if !report.unindexed_packs.is_empty() {
             println!(
-                "note: {} pack(s) in data/ are listed in no index file: left by an interrupted backup (harmless; no snapshot refers to them), or a sign of a lost index file if check also reports blobs missing from the index",
+                "note: {} pack(s) in data/ are listed in no index file: left by an interrupted backup, or damaged ones `m365bk repair index` took out of the index (prune deletes them); if an error below says a snapshot's blobs are in no index file, an index file may be lost: run `m365bk repair index`",
                 report.unindexed_packs.len()
             );
         }
@@ -1176,8 +1178,18 @@ async fn repair_index(
     );
     for d in &report.damaged {
         println!(
-            "  {}: {} ({} blob(s) lost, {} verified and copied into a new pack)",
-            d.object, d.problem, d.blobs_dropped, d.blobs_salvaged
+            "  {}: {} ({} blob(s) lost, {} verified{})",
+            d.object,
+            d.problem,
+            d.blobs_dropped,
+            d.blobs_salvaged,
+            if d.blobs_salvaged == 0 {
+                ""
+            } else if dry_run {
+                ", to be copied into a new pack"
+            } else {
+                " and kept in a new pack"
+            }
         );
     }
     if !report.index_changed {
@@ -1199,11 +1211,18 @@ async fn repair_index(
         ));
     }
     if !report.damaged.is_empty() {
-        changes.push(format!(
-            "{} damaged or missing pack(s) no longer listed ({} new pack(s) hold what verified; the next `m365bk prune` deletes the damaged ones)",
-            report.damaged.len(),
-            report.packs_written
-        ));
+        changes.push(if dry_run {
+            format!(
+                "{} damaged or missing pack(s) no longer listed (what in them verified copied into new packs; the next `m365bk prune` deletes the damaged ones)",
+                report.damaged.len()
+            )
+        } else {
+            format!(
+                "{} damaged or missing pack(s) no longer listed ({} new pack(s) hold what in them verified; the next `m365bk prune` deletes the damaged ones)",
+                report.damaged.len(),
+                report.packs_written
+            )
+        });
     }
     if report.packs_reindexed > 0 {
         changes.push(format!(

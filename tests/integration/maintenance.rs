@@ -745,6 +745,13 @@ async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
     let missing = env.run(&["forget", "--snapshot", &damaged[..8]]).await;
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains(&damaged[..8]), "{}", missing.stderr);
+    let bad = env.run(&["forget", "--snapshot", "zz"]).await;
+    assert_eq!(
+        bad.code, 2,
+        "a malformed id is a usage error: {}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("4 hex digits"), "{}", bad.stderr);
     let both = env
         .run(&["forget", "--snapshot", &other[..8], "--keep-last", "1"])
         .await;

@@ -346,12 +346,10 @@ impl Repository {
                         .to_owned()
                 } else {
                     format!(
-                        "{} pack(s) in data/ are in no index file either: if an index file was lost, the data \
-                         may still be in them, and `m365bk repair index` re-indexes what in them verifies; if \
-                         that repair already ran, these blobs were damaged and are lost: the next backup stores \
-                         the content again if Microsoft 365 still has it, and `m365bk forget --snapshot ID` \
-                         removes a snapshot you no longer need (prune refuses to run while a snapshot refers \
-                         to lost data, so it deletes none of those packs meanwhile)",
+                        "{} pack(s) in data/ are in no index file either: if an index file was lost, \
+                         `m365bk repair index` re-indexes what in them verifies; what is still missing after a \
+                         repair is lost (the next backup stores it again if Microsoft 365 still has it; \
+                         `m365bk forget --snapshot ID` removes a snapshot you no longer need)",
                         report.unindexed_packs.len()
                     )
                 };

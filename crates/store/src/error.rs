@@ -349,9 +349,7 @@ pub enum Error {
     },
 
     /// `prune` found the repository in a state where deleting anything could lose data.
-    #[error(
-        "prune stopped before deleting anything: {detail}; run `m365bk check` and fix what it reports first"
-    )]
+    #[error("prune stopped before deleting anything: {detail}")]
     PruneRefused {
         /// What is wrong.
         detail: String,

@@ -813,7 +813,7 @@ impl RepoInner {
             Ok(Ok(Some((table, meta)))) => {
                 let gone = meta.files.iter().filter(|f| !listed.contains(f)).count();
                 if gone > 0 {
-                    tracing::info!(%cache, gone, "the local index cache lists index files no longer in the repository (pruned): rebuilding it");
+                    tracing::info!(%cache, gone, "the local index cache lists index files no longer in the repository (a prune or repair replaced them): rebuilding it");
                     return;
                 }
                 let mut index = self.index.write().expect("index lock");

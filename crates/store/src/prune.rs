@@ -178,8 +178,12 @@ impl Repository {
         let mut index = Index::default();
         let mut listed: IdMap<PackId, IndexPack> = IdMap::default();
         for (id, packs) in loaded {
-            let packs =
-                packs.map_err(|e| refuse(format!("index file {id} is unreadable ({e})")))?;
+            let packs = packs.map_err(|e| {
+                refuse(format!(
+                    "index file {id} is unreadable ({e}); if `m365bk check` confirms the \
+                         damage, `m365bk repair index` replaces it"
+                ))
+            })?;
             for p in packs {
                 index.add_pack(&p);
                 listed.entry(p.id).or_insert(p);
@@ -221,7 +225,9 @@ impl Repository {
                 .await
                 .map_err(|e| {
                     refuse(format!(
-                        "the item list of snapshot {} is unreadable ({e})",
+                        "the item list of snapshot {} is unreadable ({e}); run `m365bk check \
+                         --read-data` and `m365bk repair index`, or remove the snapshot with \
+                         `m365bk forget --snapshot ID`",
                         snapshot.id
                     ))
                 })?;
@@ -336,10 +342,12 @@ impl Repository {
         let target = inner.config.pack_target_size;
         for plan in plans.values().filter(|p| p.action == Action::Repack) {
             let path = pack_path(&plan.info.id);
-            let bytes = inner
-                .get("pack", &path)
-                .await
-                .map_err(|e| refuse(format!("pack {path} to repack is unreadable ({e})")))?;
+            let bytes = inner.get("pack", &path).await.map_err(|e| {
+                refuse(format!(
+                    "pack {path} to repack is unreadable ({e}); run `m365bk check \
+                         --read-data`, then `m365bk repair index`"
+                ))
+            })?;
             let key = inner.key.clone();
             let codec = inner.codec.clone();
             let entries = plan.used.clone();
