@@ -399,7 +399,6 @@ impl Repository {
 
         // 2. New index files: kept packs as they were listed, plus the new packs.
         let mut written_index_bytes = 0u64;
-        let mut written_index: IdSet<IndexId> = IdSet::default();
         if index_changes {
             let mut keep: Vec<IndexPack> = plans
                 .values()
@@ -407,21 +406,9 @@ impl Repository {
                 .map(|p| p.info.clone())
                 .collect();
             keep.extend(new_packs.iter().cloned());
-            for chunk in keep.chunks(PACKS_PER_INDEX_FILE) {
-                let codec = inner.codec.clone();
-                let level = inner.config.compression.level;
-                let chunk = chunk.to_vec();
-                let (id, bytes) =
-                    tokio::task::spawn_blocking(move || index::encode_index(&codec, &chunk, level))
-                        .await
-                        .map_err(Error::join)??;
-                written_index_bytes += bytes.len() as u64;
-                inner
-                    .put_new(&index::index_path(&id), PutPayload::from(bytes))
-                    .await?;
-                report.index_files_written += 1;
-                written_index.insert(id);
-            }
+            let written_index;
+            (written_index, written_index_bytes) = self.write_index_files(&keep, held).await?;
+            report.index_files_written = written_index.len() as u64;
 
             // 3. Old index files.
             held.ensure_valid(held.ttl() / 2)?;
@@ -485,6 +472,35 @@ impl Repository {
         Ok(report)
     }
 
+    /// Writes `packs` as new index files of at most [`PACKS_PER_INDEX_FILE`] packs each,
+    /// checking before each write that `held` is still valid; returns their ids and bytes.
+    /// (Prune and `repair index` then delete the index files these supersede.)
+    pub(crate) async fn write_index_files(
+        &self,
+        packs: &[IndexPack],
+        held: &RepoLock,
+    ) -> Result<(IdSet<IndexId>, u64)> {
+        let inner = &self.inner;
+        let mut written: IdSet<IndexId> = IdSet::default();
+        let mut bytes_written = 0u64;
+        for chunk in packs.chunks(PACKS_PER_INDEX_FILE) {
+            let codec = inner.codec.clone();
+            let level = inner.config.compression.level;
+            let chunk = chunk.to_vec();
+            let (id, bytes) =
+                tokio::task::spawn_blocking(move || index::encode_index(&codec, &chunk, level))
+                    .await
+                    .map_err(Error::join)??;
+            held.ensure_valid(held.ttl() / 2)?;
+            bytes_written += bytes.len() as u64;
+            inner
+                .put_new(&index::index_path(&id), PutPayload::from(bytes))
+                .await?;
+            written.insert(id);
+        }
+        Ok((written, bytes_written))
+    }
+
     /// Seals `builder` and writes it as a new pack (prune's repack, repair's salvage).
     pub(crate) async fn upload_pack(&self, builder: PackBuilder) -> Result<IndexPack> {
         let codec = self.inner.codec.clone();
@@ -503,7 +519,8 @@ impl Repository {
         })
     }
 
-    async fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
+    /// Deletes `paths` (one already gone counts as deleted).
+    pub(crate) async fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
         let store = &self.inner.store;
         futures::stream::iter(paths)
             .map(|path| async move {

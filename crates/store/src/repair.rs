@@ -19,7 +19,6 @@
 
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, EncodedBlob};
@@ -29,9 +28,6 @@ use crate::index::{self, IndexPack};
 use crate::lock::{LockKind, LockOptions};
 use crate::pack::{self, pack_path, BlobEntry, PackBuilder};
 use crate::repository::Repository;
-
-/// Packs listed per new index file (as prune writes them).
-const PACKS_PER_INDEX_FILE: usize = 2048;
 
 /// What [`Repository::repair_index`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,22 +287,8 @@ impl Repository {
         }
 
         // New index files first, then the old ones deleted.
-        let mut written: IdSet<IndexId> = IdSet::default();
-        for chunk in new_index.chunks(PACKS_PER_INDEX_FILE) {
-            let codec = inner.codec.clone();
-            let level = inner.config.compression.level;
-            let chunk = chunk.to_vec();
-            let (id, bytes) =
-                tokio::task::spawn_blocking(move || index::encode_index(&codec, &chunk, level))
-                    .await
-                    .map_err(Error::join)??;
-            held.ensure_valid(held.ttl() / 2)?;
-            inner
-                .put_new(&index::index_path(&id), PutPayload::from(bytes))
-                .await?;
-            report.index_files_written += 1;
-            written.insert(id);
-        }
+        let (written, _) = self.write_index_files(&new_index, held).await?;
+        report.index_files_written = written.len() as u64;
         held.ensure_valid(held.ttl() / 2)?;
         let old: Vec<Path> = index_files
             .iter()
@@ -314,20 +296,7 @@ impl Repository {
             .map(index::index_path)
             .collect();
         report.index_files_deleted = old.len() as u64;
-        let store = &inner.store;
-        let deleted: Vec<Result<()>> = futures::stream::iter(old)
-            .map(|path| async move {
-                match store.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(Error::backend("delete", path.to_string())(e)),
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for d in deleted {
-            d?;
-        }
+        self.delete_all(old).await?;
         inner.refresh_index().await?;
         tracing::info!(
             blobs_kept = report.blobs_kept,
