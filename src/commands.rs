@@ -1327,20 +1327,18 @@ async fn forget(
                 Vec::new()
             },
         };
-        // A refused prune still lets the forget report through first: snapshots may have
-        // been deleted, and the operator must learn which.
-        match repo.prune(&opts, &lock_options()).await {
-            Ok(p) => Some(p),
-            Err(e) => {
+        Some(
+            prune_after_forget(&repo, &opts, || {
                 if json_out {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
                     print_forget_plan(&report, args.dry_run);
                     println!("prune did not run:");
                 }
-                return Err(e.into());
-            }
-        }
+                Ok(())
+            })
+            .await?,
+        )
     } else {
         None
     };
@@ -1442,18 +1440,18 @@ async fn forget_by_id(
                 Vec::new()
             },
         };
-        match repo.prune(&opts, &lock_options()).await {
-            Ok(p) => Some(p),
-            Err(e) => {
+        Some(
+            prune_after_forget(&repo, &opts, || {
                 if json_out {
                     println!("{forget}");
                 } else {
                     print_ids(&ids, args.dry_run);
                     println!("{removed} snapshot(s) forgotten; prune did not run:");
                 }
-                return Err(e.into());
-            }
-        }
+                Ok(())
+            })
+            .await?,
+        )
     } else {
         None
     };
@@ -1479,6 +1477,23 @@ async fn forget_by_id(
         print_prune(p);
     }
     Ok(ExitCode::Success)
+}
+
+/// `forget --prune`'s prune. If prune refuses, `print_forget` reports what forget did first
+/// (snapshots may have been deleted, and the operator must learn which), then the refusal is
+/// returned.
+async fn prune_after_forget(
+    repo: &Repository,
+    opts: &PruneOptions,
+    print_forget: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<m365bk_store::PruneReport> {
+    match repo.prune(opts, &lock_options()).await {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            print_forget()?;
+            Err(e.into())
+        }
+    }
 }
 
 /// The snapshots `forget --snapshot` removes (or would).

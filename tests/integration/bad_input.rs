@@ -210,19 +210,7 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         changed,
     )
     .await;
-    let second = env
-        .run(&[
-            "--json",
-            "backup",
-            "--service",
-            "onedrive",
-            "--user",
-            &first_user,
-        ])
-        .await
-        .ok()
-        .json();
-    let second_id = second["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let second_id = env.backup_one("onedrive", &first_user).await;
     let new_packs: Vec<PathBuf> = packs(&env.repo)
         .into_iter()
         .filter(|p| !packs_before.contains(p))
@@ -295,19 +283,7 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         "{}",
         run.stdout
     );
-    let third = env
-        .run(&[
-            "--json",
-            "backup",
-            "--service",
-            "onedrive",
-            "--user",
-            &first_user,
-        ])
-        .await
-        .ok()
-        .json();
-    let third_id = third["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let third_id = env.backup_one("onedrive", &first_user).await;
     let want_corrupt: BTreeMap<_, _> = content_set(&source, "drive", "")
         .into_iter()
         .filter(|((p, _), _)| p.starts_with("Corrupt/"))

@@ -328,6 +328,17 @@ path = "{}"
         run
     }
 
+    /// `m365bk --json backup --service SERVICE --user USER`, which must succeed; returns the
+    /// id of the snapshot it made.
+    pub async fn backup_one(&self, service: &str, user: &str) -> String {
+        let out = self
+            .run(&["--json", "backup", "--service", service, "--user", user])
+            .await
+            .ok()
+            .json();
+        out["snapshots"][0]["id"].as_str().unwrap().to_string()
+    }
+
     /// Bytes of every object in the repository.
     pub fn repo_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {

@@ -628,19 +628,8 @@ async fn forget_keeps_whole_mailbox_snapshots_apart_from_items_subsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
     let (_tmp, _sim, env, users) = simulated_tenant_and_repository().await;
-    let backup = |user: String| {
-        let env = &env;
-        async move {
-            let out = env
-                .run(&["--json", "backup", "--service", "onedrive", "--user", &user])
-                .await
-                .ok()
-                .json();
-            out["snapshots"][0]["id"].as_str().unwrap().to_string()
-        }
-    };
-    let damaged = backup(users[0].clone()).await;
-    let other = backup(users[1].clone()).await;
+    let damaged = env.backup_one("onedrive", &users[0]).await;
+    let other = env.backup_one("onedrive", &users[1]).await;
     let object = env.repo.join("snapshots").join(&damaged);
     let mut bytes = std::fs::read(&object).unwrap();
     let mid = bytes.len() / 2;
@@ -689,7 +678,7 @@ async fn a_damaged_snapshot_object_is_named_and_can_be_forgotten_by_id() {
     );
 
     // The damaged snapshot's resource backs up again (with no usable parent).
-    let fresh = backup(users[0].clone()).await;
+    let fresh = env.backup_one("onedrive", &users[0]).await;
     assert_ne!(fresh, damaged);
 
     let refused = env.run(&["prune"]).await;

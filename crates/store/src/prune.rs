@@ -121,6 +121,16 @@ enum Action {
     Repack,
 }
 
+/// What [`Repository::replace_index_files`] did.
+pub(crate) struct IndexReplaced {
+    /// Index files written.
+    pub written: u64,
+    /// Their bytes.
+    pub bytes_written: u64,
+    /// Old index files deleted.
+    pub deleted: u64,
+}
+
 impl Repository {
     /// Prunes the repository under an exclusive [`LockKind::Prune`] lock, waiting for it as
     /// `lock` says (a dry run takes the same lock, so its numbers are exact). See the `prune`
@@ -406,21 +416,11 @@ impl Repository {
                 .map(|p| p.info.clone())
                 .collect();
             keep.extend(new_packs.iter().cloned());
-            let written_index;
-            (written_index, written_index_bytes) = self.write_index_files(&keep, held).await?;
-            report.index_files_written = written_index.len() as u64;
-
             // 3. Old index files.
-            held.ensure_valid(held.ttl() / 2)?;
-            // In a plaintext repository, a prune that repeats one interrupted after its step 2
-            // writes the same bytes, so a "new" index file can be an old one: keep it.
-            let old: Vec<Path> = index_files
-                .iter()
-                .filter(|id| !written_index.contains(id))
-                .map(index::index_path)
-                .collect();
-            report.index_files_deleted = old.len() as u64;
-            self.delete_all(old).await?;
+            let replaced = self.replace_index_files(&keep, &index_files, held).await?;
+            written_index_bytes = replaced.bytes_written;
+            report.index_files_written = replaced.written;
+            report.index_files_deleted = replaced.deleted;
         }
 
         // 4. Packs no index lists any more.
@@ -472,14 +472,16 @@ impl Repository {
         Ok(report)
     }
 
-    /// Writes `packs` as new index files of at most [`PACKS_PER_INDEX_FILE`] packs each,
-    /// checking before each write that `held` is still valid; returns their ids and bytes.
-    /// (Prune and `repair index` then delete the index files these supersede.)
-    pub(crate) async fn write_index_files(
+    /// Replaces the index: writes `packs` as new index files of at most
+    /// [`PACKS_PER_INDEX_FILE`] packs each, then deletes the index files `old` (those read
+    /// before), checking before each write and the deletes that `held` is still valid. A crash
+    /// in between leaves old and new entries side by side, which readers merge.
+    pub(crate) async fn replace_index_files(
         &self,
         packs: &[IndexPack],
+        old: &[IndexId],
         held: &RepoLock,
-    ) -> Result<(IdSet<IndexId>, u64)> {
+    ) -> Result<IndexReplaced> {
         let inner = &self.inner;
         let mut written: IdSet<IndexId> = IdSet::default();
         let mut bytes_written = 0u64;
@@ -498,7 +500,21 @@ impl Repository {
                 .await?;
             written.insert(id);
         }
-        Ok((written, bytes_written))
+        held.ensure_valid(held.ttl() / 2)?;
+        // In a plaintext repository, a run that repeats one interrupted after its writes
+        // writes the same bytes, so a "new" index file can be an old one: keep it.
+        let doomed: Vec<Path> = old
+            .iter()
+            .filter(|id| !written.contains(id))
+            .map(index::index_path)
+            .collect();
+        let deleted = doomed.len() as u64;
+        self.delete_all(doomed).await?;
+        Ok(IndexReplaced {
+            written: written.len() as u64,
+            bytes_written,
+            deleted,
+        })
     }
 
     /// Seals `builder` and writes it as a new pack (prune's repack, repair's salvage).

@@ -18,13 +18,12 @@
 //! source still has it, and `check` names the snapshots that refer to it.
 
 use futures::StreamExt;
-use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, EncodedBlob};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
-use crate::index::{self, IndexPack};
+use crate::index::IndexPack;
 use crate::lock::{LockKind, LockOptions};
 use crate::pack::{self, pack_path, BlobEntry, PackBuilder};
 use crate::repository::Repository;
@@ -287,16 +286,11 @@ impl Repository {
         }
 
         // New index files first, then the old ones deleted.
-        let (written, _) = self.write_index_files(&new_index, held).await?;
-        report.index_files_written = written.len() as u64;
-        held.ensure_valid(held.ttl() / 2)?;
-        let old: Vec<Path> = index_files
-            .iter()
-            .filter(|id| !written.contains(id))
-            .map(index::index_path)
-            .collect();
-        report.index_files_deleted = old.len() as u64;
-        self.delete_all(old).await?;
+        let replaced = self
+            .replace_index_files(&new_index, &index_files, held)
+            .await?;
+        report.index_files_written = replaced.written;
+        report.index_files_deleted = replaced.deleted;
         inner.refresh_index().await?;
         tracing::info!(
             blobs_kept = report.blobs_kept,
