@@ -128,12 +128,7 @@ impl Repository {
                 Ok(packs) => {
                     for p in packs {
                         listed_size.entry(p.id).or_insert(p.size);
-                        let entries = listed.entry(p.id).or_default();
-                        for b in p.blobs {
-                            if !entries.contains(&b) {
-                                entries.push(b);
-                            }
-                        }
+                        listed.entry(p.id).or_default().extend(p.blobs);
                     }
                 }
                 // A damaged index file is replaced; anything else (the storage not answering,
@@ -144,6 +139,12 @@ impl Repository {
                 }
                 Err(e) => return Err(e),
             }
+        }
+
+        // A pack listed in two index files (a checkpoint and a commit) once, in pack order.
+        for entries in listed.values_mut() {
+            entries.sort_by_key(|e| (e.offset, e.id));
+            entries.dedup();
         }
 
         // Packs the index lists that are gone: their blobs are dropped.
@@ -202,9 +203,7 @@ impl Repository {
                     report.packs_reindexed += 1;
                     report.index_changed = true;
                 } else {
-                    let mut now = listed[&id].clone();
-                    now.sort_by_key(|e| (e.offset, e.id));
-                    if now != verified.good || listed_size.get(&id) != Some(&size) {
+                    if listed[&id] != verified.good || listed_size.get(&id) != Some(&size) {
                         report.index_changed = true;
                     }
                 }
