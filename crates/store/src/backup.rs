@@ -399,9 +399,10 @@ impl Session {
 
     /// Cuts and hashes `buf` and claims the chunks neither indexed nor claimed by this session
     /// (each id once). Returns the chunk ids, how many bytes were consumed (all if `at_end`,
-    /// else all but less than one maximum chunk), and the claimed chunks as an
-    /// [`EncodeBatch`] that must reach the open pack ([`Session::encode_batch`]) before a
-    /// commit may refer to them. CPU-bound: call off the async threads for large buffers.
+    /// else all but the last chunk, which may go on past `buf`: see
+    /// [`crate::chunker::Chunker::cut_all`]), and the claimed chunks as an [`EncodeBatch`]
+    /// that must reach the open pack ([`Session::encode_batch`]) before a commit may refer to
+    /// them. CPU-bound: call off the async threads for large buffers.
     fn cut_and_claim(
         self: &Arc<Self>,
         buf: &[u8],
