@@ -11,9 +11,9 @@
 //!
 //! Like the Exchange and OneDrive workers, `backup` runs several content writers at once
 //! (`--jobs N`, default 4, as the workers' default concurrency), each streaming one file into
-//! a [`m365bk_store::ContentWriter`]; the store chunks, hashes, compresses and seals on its
-//! compute pool. A file whose size, mtime,
-//! ctime and inode equal those recorded in the parent snapshot is not read again (its
+//! a [`m365bk_store::ContentWriter`] (read straight into the writer's buffer with
+//! [`m365bk_store::ContentWriter::write_from`]); the store chunks, hashes, compresses and seals
+//! on its compute pool. A file whose size, mtime, ctime and inode equal those recorded in the parent snapshot is not read again (its
 //! [`ContentRef`] is reused), as restic does by default. `restore` writes several files at once,
 //! each fetching a few blobs ahead; files with identical content are fetched once and then
 //! copied. Each command prints one JSON line of statistics.
@@ -30,8 +30,6 @@ use m365bk_store::{
 };
 use serde_json::json;
 
-/// Bytes read from a file per write into its content writer.
-const READ_BYTES: usize = 1024 * 1024;
 const SERVICE: &str = "files";
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -225,25 +223,7 @@ async fn backup(repo: &str, dir: &Path, jobs: usize) -> Res<serde_json::Value> {
 
 async fn store_file(writer: &m365bk_store::BackupWriter, path: PathBuf) -> Res<ContentRef> {
     let mut cw = writer.content_writer();
-    // One read buffer per file, handed to the blocking pool and back: a fresh buffer per read,
-    // freed on another thread, fragments glibc's per-thread arenas.
-    let mut state = Some((std::fs::File::open(&path)?, Vec::with_capacity(READ_BYTES)));
-    loop {
-        let (f, buf) = state.take().expect("file and buffer");
-        let (f, buf) = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let (mut f, mut buf) = (f, buf);
-            buf.clear();
-            let r = (&mut f).take(READ_BYTES as u64).read_to_end(&mut buf);
-            r.map(|_| (f, buf))
-        })
-        .await??;
-        if buf.is_empty() {
-            break;
-        }
-        cw.write(&buf).await?;
-        state = Some((f, buf));
-    }
+    cw.write_from(std::fs::File::open(&path)?).await??;
     Ok(cw.finish().await?)
 }
 

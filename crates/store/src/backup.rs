@@ -693,12 +693,64 @@ impl ContentWriter {
         Ok(())
     }
 
+    /// Appends everything `reader` yields, up to its end, reading it straight into the
+    /// writer's buffer: unlike reading into a buffer of one's own and calling
+    /// [`ContentWriter::write`], no byte is copied twice. The reads block, so they run on
+    /// tokio's blocking pool, at most two maximum-size chunks (4 MiB) at a time. Returns the
+    /// bytes read.
+    ///
+    /// # Errors
+    /// The outer result fails as [`ContentWriter::write`] does. The inner one is `reader`'s
+    /// first error: the bytes read before it are appended, so the content is incomplete and
+    /// the writer should be dropped rather than finished.
+    pub async fn write_from<R>(&mut self, mut reader: R) -> Result<std::io::Result<u64>>
+    where
+        R: std::io::Read + Send + 'static,
+    {
+        let limit = self.session.process_bytes;
+        let mut total = 0u64;
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            if buf.capacity() < limit {
+                let mut full = self.session.take_buffer();
+                full.extend_from_slice(&buf);
+                buf = full;
+            }
+            let room = (limit - buf.len()) as u64;
+            let (back, buf, read) = tokio::task::spawn_blocking(move || {
+                let mut piece = std::io::Read::take(&mut reader, room);
+                let read = std::io::Read::read_to_end(&mut piece, &mut buf);
+                (reader, buf, read)
+            })
+            .await
+            .map_err(Error::join)?;
+            reader = back;
+            self.buf = buf;
+            let n = match read {
+                Ok(n) => n as u64,
+                Err(e) => return Ok(Err(e)),
+            };
+            total += n;
+            self.size += n;
+            if self.buf.len() >= limit {
+                self.process(false).await?;
+            }
+            // `read_to_end` stops early only at the reader's end.
+            if n < room {
+                return Ok(Ok(total));
+            }
+        }
+    }
+
     /// Stores what is buffered and returns the content's reference.
     ///
     /// # Errors
     /// As [`ContentWriter::write`].
     pub async fn finish(mut self) -> Result<ContentRef> {
         self.process(true).await?;
+        // A full-size buffer (one `write_from` took from the pool) goes back for the next
+        // writer.
+        self.session.recycle_buffer(std::mem::take(&mut self.buf));
         Ok(ContentRef {
             size: self.size,
             blobs: self.blobs,

@@ -246,6 +246,79 @@ mod roundtrip {
         assert_eq!(read_all(&repo, &empty).await.unwrap(), b"");
         assert_eq!(read_all(&repo, &tiny).await.unwrap(), b"x");
     }
+
+    /// A reader that returns at most `piece` bytes per call and fails once it has returned
+    /// `fail_after` bytes (if set).
+    struct Pieces {
+        data: Vec<u8>,
+        pos: usize,
+        piece: usize,
+        fail_after: Option<usize>,
+    }
+
+    impl std::io::Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.fail_after.is_some_and(|n| self.pos >= n) {
+                return Err(std::io::Error::other("source went away"));
+            }
+            let end = (self.pos + self.piece.min(out.len())).min(self.data.len());
+            let n = end - self.pos;
+            out[..n].copy_from_slice(&self.data[self.pos..end]);
+            self.pos = end;
+            Ok(n)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_from_a_reader_stores_what_write_stores_and_reports_read_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&loc(dir.path()), opts()).await.unwrap();
+        let backup = repo.begin_backup().await.unwrap();
+        // Larger than two writer buffers (4 MiB each), so the reads cross buffer boundaries.
+        let data = random_bytes(9 * MIB + 12_345, 21);
+        let written = store(&backup, &data, &[100_000]).await;
+        let mut stored = Vec::new();
+        for (len, piece) in [
+            (data.len(), 77_777),
+            (data.len(), usize::MAX),
+            (1000, 10),
+            (0, 1),
+        ] {
+            let mut writer = backup.content_writer();
+            let reader = Pieces {
+                data: data[..len].to_vec(),
+                pos: 0,
+                piece,
+                fail_after: None,
+            };
+            let read = writer.write_from(reader).await.unwrap().unwrap();
+            assert_eq!(read, len as u64);
+            let content = writer.finish().await.unwrap();
+            assert_eq!(content.size, len as u64);
+            if len == data.len() {
+                assert_eq!(
+                    content, written,
+                    "same bytes, same blobs (pieces of {piece})"
+                );
+            }
+            stored.push((len, content));
+        }
+        // A failing source: the store is fine (outer Ok), the read error comes back as is.
+        let mut writer = backup.content_writer();
+        let reader = Pieces {
+            data: data.clone(),
+            pos: 0,
+            piece: 1 << 20,
+            fail_after: Some(5 << 20),
+        };
+        let err = writer.write_from(reader).await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "source went away");
+        drop(writer);
+        backup.finish().await.unwrap();
+        for (len, content) in stored {
+            assert_eq!(read_all(&repo, &content).await.unwrap(), &data[..len]);
+        }
+    }
 }
 
 mod dedup {
