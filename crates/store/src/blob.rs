@@ -5,7 +5,7 @@
 //! one blob can be opened on its own. Compression and sealing share one buffer: the compressor
 //! writes after room for the nonce, the cipher works in place and appends the tag.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::crypto::{Label, NONCE_LEN, TAG_LEN};
 use crate::format::{Codec, ObjectKind, AUTH_FAILED};
@@ -169,7 +169,8 @@ pub(crate) fn encode(id: BlobId, data: &[u8], level: i32, codec: &Codec) -> Enco
 }
 
 /// Opens (if sealed), decodes and verifies a stored blob against its keyed hash. `Err`
-/// carries what is wrong.
+/// carries what is wrong. A sealed blob is opened in place when `stored` is the only owner of
+/// its bytes, else in a copy (`stored` is left as it was).
 pub(crate) fn decode(
     key: &[u8; 32],
     codec: &Codec,
@@ -178,27 +179,52 @@ pub(crate) fn decode(
     compression: Compression,
     raw_len: u32,
 ) -> Result<Bytes, String> {
-    let stored = match codec.key() {
+    let opened = match codec.key() {
         None => stored,
-        Some(sealing) => {
-            let header = codec.header(ObjectKind::Pack);
-            let failed = |_| format!("blob {id} {AUTH_FAILED}");
-            // A ranged read is usually the only owner of its buffer: open it in place.
-            match stored.try_into_mut() {
-                Ok(mut buf) => {
-                    let range = sealing
-                        .open_in_place(&header, Label::Blob, &mut buf)
-                        .map_err(failed)?;
-                    buf.freeze().slice(range)
-                }
-                Err(shared) => Bytes::from(
-                    sealing
-                        .open(&header, Label::Blob, &shared)
-                        .map_err(failed)?,
-                ),
-            }
+        Some(_) => {
+            let owned = stored
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            open(codec, id, owned)?
         }
     };
+    decompress_and_verify(key, id, opened, compression, raw_len)
+}
+
+/// [`decode`] for a buffer the caller gives up: a sealed blob is always opened in place (a
+/// `BytesMut` split off a larger read, as restores fetch a run of blobs at once, owns its
+/// range even though the allocation is shared).
+pub(crate) fn decode_owned(
+    key: &[u8; 32],
+    codec: &Codec,
+    id: &BlobId,
+    stored: BytesMut,
+    compression: Compression,
+    raw_len: u32,
+) -> Result<Bytes, String> {
+    let opened = match codec.key() {
+        None => stored.freeze(),
+        Some(_) => open(codec, id, stored)?,
+    };
+    decompress_and_verify(key, id, opened, compression, raw_len)
+}
+
+/// Opens a sealed blob in place; the plaintext is a slice of the same buffer.
+fn open(codec: &Codec, id: &BlobId, mut sealed: BytesMut) -> Result<Bytes, String> {
+    let sealing = codec.key().expect("called for sealed repositories only");
+    let range = sealing
+        .open_in_place(&codec.header(ObjectKind::Pack), Label::Blob, &mut sealed)
+        .map_err(|_| format!("blob {id} {AUTH_FAILED}"))?;
+    Ok(sealed.freeze().slice(range))
+}
+
+fn decompress_and_verify(
+    key: &[u8; 32],
+    id: &BlobId,
+    stored: Bytes,
+    compression: Compression,
+    raw_len: u32,
+) -> Result<Bytes, String> {
     let raw = match compression {
         Compression::None => stored,
         Compression::Zstd => {

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
@@ -771,11 +771,23 @@ impl RepoInner {
         let range = start..last.entry.range().end;
         let stored = read_stored(&*self.store, first.pack, range).await?;
         let path = pack_path(&first.pack.id);
-        futures::future::try_join_all(run.into_iter().map(|located| {
-            let at = located.entry.range();
-            let slice = stored.slice((at.start - start) as usize..(at.end - start) as usize);
-            decode_stored(&self.codec, &self.key, &path, located, slice)
-        }))
+        // The run's blobs lie back to back (`extend_run`): split the read into one owned
+        // piece per blob, so each is opened in place without a copy.
+        let mut rest = stored
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let pieces: Vec<(Located, BytesMut)> = run
+            .into_iter()
+            .map(|located| {
+                let piece = rest.split_to(located.entry.stored_len as usize);
+                (located, piece)
+            })
+            .collect();
+        futures::future::try_join_all(
+            pieces.into_iter().map(|(located, piece)| {
+                decode_stored(&self.codec, &self.key, &path, located, piece)
+            }),
+        )
         .await
     }
 }
@@ -952,13 +964,13 @@ async fn decode_stored(
     key: &[u8; KEY_LEN],
     path: &Path,
     located: Located,
-    stored: Bytes,
+    stored: BytesMut,
 ) -> Result<Bytes> {
     let entry = located.entry;
     let key = Zeroizing::new(*key);
     let codec = codec.clone();
     crate::compute::run(move || {
-        blob::decode(
+        blob::decode_owned(
             &key,
             &codec,
             &entry.id,
@@ -983,7 +995,10 @@ pub(crate) async fn fetch_blob(
     located: Located,
 ) -> Result<Bytes> {
     let stored = read_stored(store, located.pack, located.entry.range()).await?;
-    decode_stored(codec, key, &pack_path(&located.pack.id), located, stored).await
+    let owned = stored
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    decode_stored(codec, key, &pack_path(&located.pack.id), located, owned).await
 }
 
 /// `input` as a lowercase snapshot id prefix: 4 to 64 hex digits.
