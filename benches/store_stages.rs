@@ -1,5 +1,5 @@
 //! Criterion benchmarks of each stage of the storage core's ingest path, in bytes/s:
-//! FastCDC v2020 chunking, keyed BLAKE3, zstd (level 3 on text, and the incompressibility
+//! FastCDC v2020 chunking, keyed BLAKE3, zstd (a new repository's level on text, and the incompressibility
 //! sample test that lets media skip the full attempt), sealing with XAES-256-GCM and
 //! XChaCha20-Poly1305. The whole
 //! path is `benches/store_ingest.rs`.
