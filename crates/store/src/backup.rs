@@ -136,11 +136,12 @@ pub(crate) struct Session {
     encoding: watch::Sender<BTreeSet<u64>>,
     /// KiB of writer buffers that encode batches may hold; writers wait beyond it.
     encode_budget: Arc<Semaphore>,
-    /// Full-size writer buffers (capacity `process_bytes`) back from compression, for the
-    /// next writer that carries a tail over (a content larger than one buffer): reusing them
-    /// keeps large buffers from being freed on one thread and allocated on another, which
-    /// leaves glibc's per-thread arenas holding many freed copies. Writers of small contents
-    /// grow their own buffer to the content's size instead.
+    /// Full-size writer buffers (capacity `process_bytes`) back from compression or from
+    /// finished writers, for the next writer that carries a tail over (a content larger than
+    /// one buffer) or reads with [`ContentWriter::write_from`]: reusing them keeps large
+    /// buffers from being freed on one thread and allocated on another, which leaves glibc's
+    /// per-thread arenas holding many freed copies. Writers of small contents through
+    /// [`ContentWriter::write`] grow their own buffer to the content's size instead.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
     commit_lock: tokio::sync::Mutex<()>,
     /// Buffer size at which a content writer chunks what it holds.
@@ -264,6 +265,7 @@ impl BackupWriter {
             buf: Vec::new(),
             blobs: Vec::new(),
             size: 0,
+            interrupted: false,
         }
     }
 
@@ -655,6 +657,10 @@ pub struct ContentWriter {
     buf: Vec<u8>,
     blobs: Vec<BlobId>,
     size: u64,
+    /// Set while a call holds the buffer across an await: still set afterwards, the call
+    /// failed or its future was dropped before it completed, taking bytes already counted in
+    /// `size` with it, so the writer refuses to go on.
+    interrupted: bool,
 }
 
 impl std::fmt::Debug for ContentWriter {
@@ -672,6 +678,7 @@ impl ContentWriter {
     /// # Errors
     /// [`Error::SessionFailed`] once a pack upload of the session has failed.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.check_interrupted()?;
         self.size += data.len() as u64;
         let limit = self.session.process_bytes;
         while !data.is_empty() {
@@ -701,12 +708,14 @@ impl ContentWriter {
     ///
     /// # Errors
     /// The outer result fails as [`ContentWriter::write`] does. The inner one is `reader`'s
-    /// first error: the bytes read before it are appended, so the content is incomplete and
-    /// the writer should be dropped rather than finished.
+    /// first error: what the failed read returned before it is discarded and what earlier
+    /// reads returned is kept (the writer's size counts exactly that), so the content is
+    /// incomplete and the writer should be dropped rather than finished.
     pub async fn write_from<R>(&mut self, mut reader: R) -> Result<std::io::Result<u64>>
     where
         R: std::io::Read + Send + 'static,
     {
+        self.check_interrupted()?;
         let limit = self.session.process_bytes;
         let mut total = 0u64;
         loop {
@@ -716,20 +725,27 @@ impl ContentWriter {
                 full.extend_from_slice(&buf);
                 buf = full;
             }
-            let room = (limit - buf.len()) as u64;
-            let (back, buf, read) = tokio::task::spawn_blocking(move || {
+            let before = buf.len();
+            let room = (limit - before) as u64;
+            self.interrupted = true;
+            let (back, mut buf, read) = tokio::task::spawn_blocking(move || {
                 let mut piece = std::io::Read::take(&mut reader, room);
                 let read = std::io::Read::read_to_end(&mut piece, &mut buf);
                 (reader, buf, read)
             })
             .await
             .map_err(Error::join)?;
+            self.interrupted = false;
             reader = back;
-            self.buf = buf;
             let n = match read {
                 Ok(n) => n as u64,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => {
+                    buf.truncate(before);
+                    self.buf = buf;
+                    return Ok(Err(e));
+                }
             };
+            self.buf = buf;
             total += n;
             self.size += n;
             if self.buf.len() >= limit {
@@ -747,6 +763,7 @@ impl ContentWriter {
     /// # Errors
     /// As [`ContentWriter::write`].
     pub async fn finish(mut self) -> Result<ContentRef> {
+        self.check_interrupted()?;
         self.process(true).await?;
         // A full-size buffer (one `write_from` took from the pool) goes back for the next
         // writer.
@@ -757,8 +774,22 @@ impl ContentWriter {
         })
     }
 
+    /// Fails once a call's future was dropped while it held the buffer (see `interrupted`).
+    fn check_interrupted(&self) -> Result<()> {
+        if self.interrupted {
+            return Err(Error::Internal {
+                detail: "an earlier write into this content writer failed or was cancelled \
+                         before it completed, so its content is incomplete: drop the writer and \
+                         store the item again"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn process(&mut self, at_end: bool) -> Result<()> {
         let buf = std::mem::take(&mut self.buf);
+        self.interrupted = true;
         let session = &self.session;
         if buf.len() <= INLINE_BYTES {
             let (ids, consumed, batch) = session.cut_and_claim(&buf, at_end)?;
@@ -806,6 +837,7 @@ impl ContentWriter {
             self.blobs.extend(ids);
             self.buf = tail;
         }
+        self.interrupted = false;
         self.session.wait_in_flight_below(MAX_PACKS_IN_FLIGHT).await;
         Ok(())
     }

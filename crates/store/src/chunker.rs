@@ -109,10 +109,12 @@ impl Chunker {
     /// than `max_size` bytes in which no cut point was found.
     ///
     /// A cut point found before the end of `data` is final even when fewer than `max_size`
-    /// bytes follow the chunk's start: every position up to it is tested with the same mask
-    /// and hash as in the whole stream (the hash restarts at each chunk's `min_size`, and the
-    /// mask depends only on the offset from the chunk's start), so only a chunk without a cut
-    /// point inside `data` can end differently once more bytes arrive. Leaving just that chunk
+    /// bytes follow the chunk's start: every position up to it is tested with the same hash
+    /// and mask as in the whole stream. The hash restarts at each chunk's `min_size`. The
+    /// strict mask applies below `avg_size`, or below the end of shorter data, which is
+    /// earlier but tests only offsets that get the strict mask in the whole stream too. So
+    /// only a chunk without a cut point inside `data` can end differently once more bytes
+    /// arrive. Leaving just that chunk
     /// keeps the bytes a writer carries over to its next buffer to one partial chunk.
     pub(crate) fn cut_all(&self, data: &[u8], at_end: bool) -> Vec<usize> {
         let mut lens = Vec::with_capacity(data.len() / self.avg_size + 1);

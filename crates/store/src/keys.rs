@@ -59,7 +59,7 @@ pub struct KdfParams {
     pub memory_kib: u32,
     /// Passes over the memory (Argon2 `t`); at least 1.
     pub iterations: u32,
-    /// Lanes (Argon2 `p`); at least 1. Computed one after the other by this build.
+    /// Lanes (Argon2 `p`); at least 1. Computed in parallel, on one thread per core.
     pub parallelism: u32,
 }
 
@@ -177,7 +177,8 @@ pub(crate) fn key_path(id: &KeyId) -> Path {
 /// Argon2id(passphrase, salt) → a 32-byte key-encryption key. CPU and memory heavy: call off
 /// the async threads.
 ///
-/// The memory (`params.m_cost()` KiB, 64 MiB by default) is allocated and first touched on
+/// The memory (`params.block_count()` blocks of 1 KiB: `m_cost` KiB rounded down to a multiple
+/// of 4 × lanes; 64 MiB by default) is allocated and first touched on
 /// rayon's pool, a share per thread, rather than zeroed by one thread: faulting in fresh pages
 /// is most of the cost of zeroing them (on a virtual machine the host may back each page only
 /// when it is first touched), and it was half of a derivation's time on one thread. The memory

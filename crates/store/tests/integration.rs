@@ -269,6 +269,16 @@ mod roundtrip {
         }
     }
 
+    /// A reader that sleeps, then returns its end.
+    struct Slow(std::time::Duration);
+
+    impl std::io::Read for Slow {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.0);
+            Ok(0)
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn write_from_a_reader_stores_what_write_stores_and_reports_read_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -304,6 +314,8 @@ mod roundtrip {
             stored.push((len, content));
         }
         // A failing source: the store is fine (outer Ok), the read error comes back as is.
+        // The first refill (4 MiB) read fine, the second failed after 1 MiB: the writer
+        // holds, and counts, exactly the first 4 MiB.
         let mut writer = backup.content_writer();
         let reader = Pieces {
             data: data.clone(),
@@ -313,7 +325,23 @@ mod roundtrip {
         };
         let err = writer.write_from(reader).await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "source went away");
-        drop(writer);
+        let partial = writer.finish().await.unwrap();
+        assert_eq!(partial.size, 4 << 20);
+        stored.push((4 << 20, partial));
+
+        // A write whose future is dropped mid-read (a timeout) leaves the writer refusing to
+        // go on, instead of finishing content that lacks the bytes the read held.
+        let mut writer = backup.content_writer();
+        writer.write(&data[..100_000]).await.unwrap();
+        let slow = Slow(std::time::Duration::from_millis(300));
+        let cancelled = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            writer.write_from(slow),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the read should still be running");
+        let err = writer.finish().await.unwrap_err().to_string();
+        assert!(err.contains("cancelled before it completed"), "{err}");
         backup.finish().await.unwrap();
         for (len, content) in stored {
             assert_eq!(read_all(&repo, &content).await.unwrap(), &data[..len]);
