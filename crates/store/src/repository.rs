@@ -958,7 +958,13 @@ async fn read_stored(
     Ok(stored)
 }
 
-/// Decodes one blob's stored bytes on the compute pool, verifying its keyed hash.
+/// Blobs this small (stored and decoded) are decoded on the async thread: a hop to the compute
+/// pool and back costs more than opening, decompressing and hashing them (most mail messages
+/// are one such blob).
+const DECODE_INLINE_BYTES: usize = 64 * 1024;
+
+/// Decodes one blob's stored bytes, verifying its keyed hash: on the compute pool, or inline if
+/// it is small ([`DECODE_INLINE_BYTES`]).
 async fn decode_stored(
     codec: &Codec,
     key: &[u8; KEY_LEN],
@@ -967,20 +973,32 @@ async fn decode_stored(
     stored: BytesMut,
 ) -> Result<Bytes> {
     let entry = located.entry;
-    let key = Zeroizing::new(*key);
-    let codec = codec.clone();
-    crate::compute::run(move || {
-        blob::decode_owned(
-            &key,
-            &codec,
-            &entry.id,
-            stored,
-            entry.compression,
-            entry.raw_len,
-        )
-    })
-    .await?
-    .map_err(|detail| Error::CorruptObject {
+    let decoded =
+        if stored.len() <= DECODE_INLINE_BYTES && entry.raw_len as usize <= DECODE_INLINE_BYTES {
+            blob::decode_owned(
+                key,
+                codec,
+                &entry.id,
+                stored,
+                entry.compression,
+                entry.raw_len,
+            )
+        } else {
+            let key = Zeroizing::new(*key);
+            let codec = codec.clone();
+            crate::compute::run(move || {
+                blob::decode_owned(
+                    &key,
+                    &codec,
+                    &entry.id,
+                    stored,
+                    entry.compression,
+                    entry.raw_len,
+                )
+            })
+            .await?
+        };
+    decoded.map_err(|detail| Error::CorruptObject {
         kind: "pack",
         name: path.to_string(),
         detail: format!("{detail}, at offset {}", entry.offset),
