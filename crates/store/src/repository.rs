@@ -973,31 +973,25 @@ async fn decode_stored(
     stored: BytesMut,
 ) -> Result<Bytes> {
     let entry = located.entry;
-    let decoded =
-        if stored.len() <= DECODE_INLINE_BYTES && entry.raw_len as usize <= DECODE_INLINE_BYTES {
-            blob::decode_owned(
-                key,
-                codec,
-                &entry.id,
-                stored,
-                entry.compression,
-                entry.raw_len,
-            )
-        } else {
-            let key = Zeroizing::new(*key);
-            let codec = codec.clone();
-            crate::compute::run(move || {
-                blob::decode_owned(
-                    &key,
-                    &codec,
-                    &entry.id,
-                    stored,
-                    entry.compression,
-                    entry.raw_len,
-                )
-            })
-            .await?
-        };
+    let small =
+        stored.len() <= DECODE_INLINE_BYTES && entry.raw_len as usize <= DECODE_INLINE_BYTES;
+    let key = Zeroizing::new(*key);
+    let codec = codec.clone();
+    let decode = move || {
+        blob::decode_owned(
+            &key,
+            &codec,
+            &entry.id,
+            stored,
+            entry.compression,
+            entry.raw_len,
+        )
+    };
+    let decoded = if small {
+        decode()
+    } else {
+        crate::compute::run(decode).await?
+    };
     decoded.map_err(|detail| Error::CorruptObject {
         kind: "pack",
         name: path.to_string(),
