@@ -179,16 +179,18 @@ pub(crate) fn decode(
     compression: Compression,
     raw_len: u32,
 ) -> Result<Bytes, String> {
-    let opened = match codec.key() {
-        None => stored,
-        Some(_) => {
-            let owned = stored
-                .try_into_mut()
-                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            open(codec, id, owned)?
-        }
-    };
-    decompress_and_verify(key, id, opened, compression, raw_len)
+    if codec.key().is_none() {
+        return decompress_and_verify(key, id, stored, compression, raw_len);
+    }
+    decode_owned(key, codec, id, owned(stored), compression, raw_len)
+}
+
+/// `bytes` as a mutable buffer: itself when it is the only owner of its allocation, else a
+/// copy.
+pub(crate) fn owned(bytes: Bytes) -> BytesMut {
+    bytes
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
 /// [`decode`] for a buffer the caller gives up: a sealed blob is always opened in place (a

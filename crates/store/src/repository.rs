@@ -767,27 +767,16 @@ impl RepoInner {
             }
             [first, .., last] => (*first, *last),
         };
-        let start = first.entry.range().start;
-        let range = start..last.entry.range().end;
+        let range = first.entry.range().start..last.entry.range().end;
         let stored = read_stored(&*self.store, first.pack, range).await?;
         let path = pack_path(&first.pack.id);
         // The run's blobs lie back to back (`extend_run`): split the read into one owned
         // piece per blob, so each is opened in place without a copy.
-        let mut rest = stored
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        let pieces: Vec<(Located, BytesMut)> = run
-            .into_iter()
-            .map(|located| {
-                let piece = rest.split_to(located.entry.stored_len as usize);
-                (located, piece)
-            })
-            .collect();
-        futures::future::try_join_all(
-            pieces.into_iter().map(|(located, piece)| {
-                decode_stored(&self.codec, &self.key, &path, located, piece)
-            }),
-        )
+        let mut rest = blob::owned(stored);
+        futures::future::try_join_all(run.into_iter().map(|located| {
+            let piece = rest.split_to(located.entry.stored_len as usize);
+            decode_stored(&self.codec, &self.key, &path, located, piece)
+        }))
         .await
     }
 }
@@ -1007,10 +996,14 @@ pub(crate) async fn fetch_blob(
     located: Located,
 ) -> Result<Bytes> {
     let stored = read_stored(store, located.pack, located.entry.range()).await?;
-    let owned = stored
-        .try_into_mut()
-        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    decode_stored(codec, key, &pack_path(&located.pack.id), located, owned).await
+    decode_stored(
+        codec,
+        key,
+        &pack_path(&located.pack.id),
+        located,
+        blob::owned(stored),
+    )
+    .await
 }
 
 /// `input` as a lowercase snapshot id prefix: 4 to 64 hex digits.
