@@ -285,18 +285,20 @@ async fn restore(
                     let mut blobs = std::pin::pin!(repo.read_content(content));
                     while let Some(b) = blobs.try_next().await? {
                         n += b.len() as u64;
-                        tokio::task::block_in_place(|| file.write_all(&b))?;
+                        file.write_all(&b)?;
                     }
                 }
                 drop(file);
                 let copies = paths.len() as u64 - 1;
-                tokio::task::spawn_blocking(move || {
-                    for p in &paths[1..] {
-                        std::fs::copy(&paths[0], p)?;
-                    }
-                    Ok::<(), std::io::Error>(())
-                })
-                .await??;
+                if copies > 0 {
+                    tokio::task::spawn_blocking(move || {
+                        for p in &paths[1..] {
+                            std::fs::copy(&paths[0], p)?;
+                        }
+                        Ok::<(), std::io::Error>(())
+                    })
+                    .await??;
+                }
                 Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(n * (1 + copies))
             })
         })

@@ -907,7 +907,14 @@ async fn read_stored(
     range: std::ops::Range<u64>,
 ) -> Result<Bytes> {
     let path = pack_path(&pack.id);
-    let stored = match store.get_range(&path, range.clone()).await {
+    // `get_ranges`, not `get_range`: `LocalFileSystem` answers it with one blocking-pool job
+    // (open and read), where `get_range` takes two (open, then read); other stores answer both
+    // the same way.
+    let read = store
+        .get_ranges(&path, std::slice::from_ref(&range))
+        .await
+        .map(|mut pieces| pieces.pop().unwrap_or_default());
+    let stored = match read {
         Ok(b) => b,
         Err(object_store::Error::NotFound { .. }) => {
             return Err(Error::MissingObject {
