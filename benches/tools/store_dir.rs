@@ -275,8 +275,9 @@ async fn restore(
         .map(|(content, paths)| {
             let repo = repo.clone();
             // Each file on its own task; blobs are written straight from the decoded buffer on
-            // this worker thread (`block_in_place`), without tokio::fs's copy into a buffer of
-            // its own and a blocking-pool hop per write.
+            // this worker thread, without tokio::fs's copy into a buffer of its own and a
+            // blocking-pool hop per write, or `block_in_place`'s hand-over of the worker (a
+            // write into the page cache is a memory copy; every task here does the same work).
             tokio::spawn(async move {
                 let first = paths[0].clone();
                 let mut file = std::fs::File::create(&first)?;
