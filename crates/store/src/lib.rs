@@ -85,6 +85,7 @@
 
 mod backup;
 mod blob;
+mod bulk_read;
 mod catalog;
 mod check;
 mod chunker;
@@ -111,6 +112,7 @@ mod snapshot;
 pub mod bench_api;
 
 pub use backup::{BackupWriter, ContentWriter, IndexCheckpoint, WriteStats};
+pub use bulk_read::ContentPiece;
 pub use catalog::{
     Catalog, DeltaPageRow, ItemJournal, ItemRow, JobRun, SnapshotRow, StoredItem, SyncStats,
 };

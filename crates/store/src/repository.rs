@@ -738,7 +738,7 @@ impl RepoInner {
 
     /// Where `id` is stored, loading index files written since the index was last read when
     /// it is not known yet.
-    async fn locate_or_refresh(&self, id: BlobId) -> Result<Located> {
+    pub(crate) async fn locate_or_refresh(&self, id: BlobId) -> Result<Located> {
         match self.locate(&id) {
             Some(l) => Ok(l),
             None => {
@@ -901,7 +901,7 @@ fn extend_run(first: Located, next: impl Iterator<Item = Option<Located>>) -> Ve
 
 /// Reads `range` of `pack`, naming a missing pack, a pack shorter than the index says, or a
 /// cut-short read.
-async fn read_stored(
+pub(crate) async fn read_stored(
     store: &dyn ObjectStore,
     pack: crate::index::PackInfo,
     range: std::ops::Range<u64>,
@@ -968,27 +968,36 @@ async fn decode_stored(
     located: Located,
     stored: BytesMut,
 ) -> Result<Bytes> {
-    let entry = located.entry;
-    let small =
-        stored.len() <= DECODE_INLINE_BYTES && entry.raw_len as usize <= DECODE_INLINE_BYTES;
+    let small = stored.len() <= DECODE_INLINE_BYTES
+        && located.entry.raw_len as usize <= DECODE_INLINE_BYTES;
+    if small {
+        return decode_located(codec, key, path, located, stored);
+    }
     let key = Zeroizing::new(*key);
     let codec = codec.clone();
-    let decode = move || {
-        blob::decode_owned(
-            &key,
-            &codec,
-            &entry.id,
-            stored,
-            entry.compression,
-            entry.raw_len,
-        )
-    };
-    let decoded = if small {
-        decode()
-    } else {
-        crate::compute::run(decode).await?
-    };
-    decoded.map_err(|detail| Error::CorruptObject {
+    let path = path.clone();
+    crate::compute::run(move || decode_located(&codec, &key, &path, located, stored)).await?
+}
+
+/// Decodes one blob's stored bytes on this thread, verifying its keyed hash; a failure is
+/// [`Error::CorruptObject`] naming the pack and the blob's offset in it.
+pub(crate) fn decode_located(
+    codec: &Codec,
+    key: &[u8; KEY_LEN],
+    path: &Path,
+    located: Located,
+    stored: BytesMut,
+) -> Result<Bytes> {
+    let entry = located.entry;
+    blob::decode_owned(
+        key,
+        codec,
+        &entry.id,
+        stored,
+        entry.compression,
+        entry.raw_len,
+    )
+    .map_err(|detail| Error::CorruptObject {
         kind: "pack",
         name: path.to_string(),
         detail: format!("{detail}, at offset {}", entry.offset),
