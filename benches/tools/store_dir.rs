@@ -14,9 +14,11 @@
 //! a [`m365bk_store::ContentWriter`] (read straight into the writer's buffer with
 //! [`m365bk_store::ContentWriter::write_from`]); the store chunks, hashes, compresses and seals
 //! on its compute pool. A file whose size, mtime, ctime and inode equal those recorded in the parent snapshot is not read again (its
-//! [`ContentRef`] is reused), as restic does by default. `restore` writes several files at once,
-//! each fetching a few blobs ahead; files with identical content are fetched once and then
-//! copied. Each command prints one JSON line of statistics.
+//! [`ContentRef`] is reused), as restic does by default. `restore` reads all files' blobs pack
+//! by pack with [`Repository::read_contents`] and writes each blob at its offset in every file
+//! that holds it, as restic's restorer does; `restore --by-file` reads file by file with
+//! [`Repository::read_content`], `--jobs` files at once, as the restore workers read items.
+//! Each command prints one JSON line of statistics.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -41,7 +43,7 @@ fn passphrase() -> Res<SecretString> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: store-dir init REPO | backup REPO DIR [--jobs N] | restore REPO TARGET [--jobs N] [--source DIR]");
+    eprintln!("usage: store-dir init REPO | backup REPO DIR [--jobs N] | restore REPO TARGET [--source DIR] [--by-file [--jobs N]]");
     std::process::exit(2)
 }
 
@@ -49,6 +51,7 @@ fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut jobs = 4usize;
     let mut source: Option<String> = None;
+    let mut by_file = false;
     let mut pos = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -60,6 +63,7 @@ fn main() -> Res<()> {
                     .unwrap_or_else(|| usage())
             }
             "--source" => source = Some(it.next().unwrap_or_else(|| usage())),
+            "--by-file" => by_file = true,
             _ => pos.push(a),
         }
     }
@@ -71,7 +75,12 @@ fn main() -> Res<()> {
         ["init", repo] => rt.block_on(init(repo))?,
         ["backup", repo, dir] => rt.block_on(backup(repo, Path::new(dir), jobs))?,
         ["restore", repo, target] => {
-            rt.block_on(restore(repo, Path::new(target), source.as_deref(), jobs))?
+            let target = Path::new(target);
+            if by_file {
+                rt.block_on(restore_by_file(repo, target, source.as_deref(), jobs))?
+            } else {
+                rt.block_on(restore(repo, target, source.as_deref()))?
+            }
         }
         _ => usage(),
     };
@@ -227,12 +236,13 @@ async fn store_file(writer: &m365bk_store::BackupWriter, path: PathBuf) -> Res<C
     Ok(cw.finish().await?)
 }
 
-async fn restore(
+/// The last snapshot of `source` (any directory when `None`), with its target directories
+/// made, and its items grouped by content: files with the same content are fetched once.
+async fn restore_plan(
     repo: &str,
     target: &Path,
     source: Option<&str>,
-    jobs: usize,
-) -> Res<serde_json::Value> {
+) -> Res<(Repository, String, Vec<(Option<ContentRef>, Vec<PathBuf>)>)> {
     let repo = Repository::open(repo, Some(passphrase()?)).await?;
     let snapshot = repo
         .list_snapshots()
@@ -251,8 +261,6 @@ async fn restore(
     for d in &dirs {
         std::fs::create_dir_all(d)?;
     }
-    // Files with the same content are fetched once and copied (restic likewise reads each
-    // blob once per restore and writes it to every file that holds it).
     let mut groups: Vec<(Option<ContentRef>, Vec<PathBuf>)> = Vec::new();
     let mut by_content: std::collections::HashMap<Vec<m365bk_store::BlobId>, usize> =
         Default::default();
@@ -271,6 +279,82 @@ async fn restore(
             }
         }
     }
+    Ok((repo, snapshot.id.to_string(), groups))
+}
+
+/// Restores with [`Repository::read_contents`]: all files' blobs pack by pack, each blob
+/// decoded once and written (`pwrite`) at its offset in every file that holds it. A file is
+/// created when its first piece arrives and closed when its last one is written.
+async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_json::Value> {
+    use std::os::unix::fs::FileExt;
+
+    struct Open {
+        paths: Vec<PathBuf>,
+        files: Vec<std::fs::File>,
+        remaining: u64,
+    }
+    let (repo, snapshot, groups) = restore_plan(repo, target, source).await?;
+    let mut contents = Vec::new();
+    let mut open = Vec::new();
+    let mut bytes = 0u64;
+    for (content, paths) in groups {
+        match content {
+            Some(content) if !content.blobs.is_empty() => {
+                bytes += content.size * paths.len() as u64;
+                open.push(Open {
+                    paths,
+                    files: Vec::new(),
+                    remaining: content.size,
+                });
+                contents.push(content);
+            }
+            _ => {
+                for p in &paths {
+                    std::fs::File::create(p)?;
+                }
+            }
+        }
+    }
+    let mut pieces = std::pin::pin!(repo.read_contents(&contents));
+    while let Some(piece) = pieces.try_next().await? {
+        let file = &mut open[piece.content];
+        if file.files.is_empty() {
+            for p in &file.paths {
+                file.files.push(std::fs::File::create(p)?);
+            }
+        }
+        for f in &file.files {
+            f.write_all_at(&piece.data, piece.offset)?;
+        }
+        file.remaining = file
+            .remaining
+            .checked_sub(piece.data.len() as u64)
+            .ok_or("more bytes than the content's size")?;
+        if file.remaining == 0 {
+            file.files.clear();
+        }
+    }
+    if let Some(short) = open.iter().find(|f| f.remaining != 0) {
+        return Err(format!(
+            "{}: {} bytes missing",
+            short.paths[0].display(),
+            short.remaining
+        )
+        .into());
+    }
+    Ok(json!({ "snapshot": snapshot, "bytes": bytes }))
+}
+
+/// Restores file by file with [`Repository::read_content`], `jobs` files at once (as the
+/// Exchange and OneDrive restore workers read items); a file with duplicates is written once
+/// and then copied.
+async fn restore_by_file(
+    repo: &str,
+    target: &Path,
+    source: Option<&str>,
+    jobs: usize,
+) -> Res<serde_json::Value> {
+    let (repo, snapshot, groups) = restore_plan(repo, target, source).await?;
     let bytes: u64 = futures::stream::iter(groups)
         .map(|(content, paths)| {
             let repo = repo.clone();
@@ -307,5 +391,5 @@ async fn restore(
         .map(|joined| joined?)
         .try_fold(0u64, |a, n| async move { Ok(a + n) })
         .await?;
-    Ok(json!({ "snapshot": snapshot.id.to_string(), "bytes": bytes }))
+    Ok(json!({ "snapshot": snapshot, "bytes": bytes }))
 }
