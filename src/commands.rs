@@ -259,14 +259,14 @@ async fn init(settings: &Settings, args: &InitArgs) -> anyhow::Result<ExitCode> 
         Some(key) => println!(
             "created encrypted repository {} at {} ({}, key slot {}); keep the passphrase safe: without it the backups cannot be read",
             repo.id(),
-            settings.repository,
+            repo.location(),
             args.cipher,
             key.short()
         ),
         None => println!(
             "created UNENCRYPTED repository {} at {}",
             repo.id(),
-            settings.repository
+            repo.location()
         ),
     }
     Ok(ExitCode::Success)
@@ -314,7 +314,7 @@ async fn key(
                 println!(
                     "added key slot {}: the new passphrase opens repository {} too",
                     id.short(),
-                    settings.repository
+                    repo.location()
                 );
             }
         }

@@ -14,6 +14,9 @@ use crate::pack::{self, pack_path, BlobEntry};
 use crate::repository::{fetch_blob, ItemParser, Repository};
 use crate::snapshot::{snapshot_path, ContentRef, Snapshot};
 
+/// A pack's problem when the index lists it but the repository does not hold it.
+pub(crate) const MISSING_PACK: &str = "the index lists it but it is not in the repository";
+
 /// What `check` should do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckOptions {
@@ -169,7 +172,7 @@ impl Repository {
                 }
                 Err(e) => report.errors.push(CheckProblem {
                     object: index::index_path(&id).to_string(),
-                    problem: e.to_string(),
+                    problem: e.cause(),
                     affected_snapshots: Vec::new(),
                     ..Default::default()
                 }),
@@ -180,11 +183,11 @@ impl Repository {
         let mut troubles: BTreeMap<PackId, PackTrouble> = BTreeMap::new();
         for p in index.packs() {
             match on_disk.get(&p.id) {
-                None => {
-                    troubles.entry(p.id).or_default().problems.push(
-                        "missing: the index lists it but it is not in the repository".to_owned(),
-                    )
-                }
+                None => troubles
+                    .entry(p.id)
+                    .or_default()
+                    .problems
+                    .push(MISSING_PACK.to_owned()),
                 Some(&size) if size != p.size => {
                     troubles.entry(p.id).or_default().problems.push(format!(
                         "{size} bytes long, the index says {}: truncated or overwritten",
@@ -221,7 +224,7 @@ impl Repository {
                             .entry(info.id)
                             .or_default()
                             .problems
-                            .push(format!("unreadable: {e}"));
+                            .push(format!("unreadable: {}", e.cause()));
                         damaged.extend(entries.iter().map(|e| e.id));
                         continue;
                     }
@@ -264,7 +267,7 @@ impl Repository {
                     report.snapshots_unreadable += 1;
                     report.errors.push(CheckProblem {
                         object,
-                        problem: e.to_string(),
+                        problem: e.cause(),
                         affected_snapshots: vec![id],
                         ..Default::default()
                     });
@@ -330,7 +333,7 @@ impl Repository {
                     report.snapshots_unreadable += 1;
                     report.errors.push(CheckProblem {
                         object: object.clone(),
-                        problem: format!("item list unreadable: {e}"),
+                        problem: format!("item list unreadable: {}", e.cause()),
                         affected_snapshots: vec![id],
                         ..Default::default()
                     });
@@ -407,9 +410,14 @@ impl Repository {
                      no longer has from a snapshot this check does not list, if one holds it"
                 )
             };
+            let state = if trouble.problems.iter().any(|p| p == MISSING_PACK) {
+                "missing"
+            } else {
+                "damaged"
+            };
             report.errors.push(CheckProblem {
                 object: pack_path(&id).to_string(),
-                problem: format!("pack is damaged: {}; {what}", trouble.problems.join("; ")),
+                problem: format!("pack is {state}: {}; {what}", trouble.problems.join("; ")),
                 affected_snapshots: trouble.affected.into_iter().collect(),
                 affected_items: trouble.items.into_iter().collect(),
                 more_affected_items: trouble.more_items,
@@ -476,7 +484,7 @@ fn verify_pack(
             }
         }
         Err(Error::CorruptObject { detail, .. }) => pack_problems.push(detail),
-        Err(e) => pack_problems.push(e.to_string()),
+        Err(e) => pack_problems.push(e.cause()),
     }
     let mut bad = Vec::new();
     for entry in entries {

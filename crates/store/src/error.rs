@@ -15,7 +15,7 @@ pub enum Error {
         "no m365bk repository at {location}: run `m365bk init` first, or fix repository.url in the config"
     )]
     RepositoryNotFound {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -24,7 +24,7 @@ pub enum Error {
         "an m365bk repository already exists at {location}: use it as it is, or choose an empty location to create a new one"
     )]
     RepositoryExists {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -34,7 +34,7 @@ pub enum Error {
         "cannot use {location:?} as a repository location ({detail}): give a filesystem path, file:///PATH, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX in repository.url"
     )]
     UnsupportedLocation {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
         /// Why it was rejected.
         detail: String,
@@ -45,7 +45,7 @@ pub enum Error {
     /// refuses (no account name for Azure, say). Nothing was sent.
     #[error("cannot set up the {backend} backend for {location}: {detail}. To fix: {hint}; options go in [repository.options] (see config/m365bk.example.toml)")]
     BackendConfig {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
         /// Its backend.
         backend: crate::Backend,
@@ -61,7 +61,7 @@ pub enum Error {
         "the {noun} {container:?} of repository {location} does not exist, or these credentials cannot see it: create it first (aws s3 mb s3://NAME, az storage container create --name NAME, gcloud storage buckets create gs://NAME), or fix repository.url"
     )]
     ContainerNotFound {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
         /// `"bucket"` or `"container"`.
         noun: &'static str,
@@ -89,7 +89,7 @@ pub enum Error {
         "repository {location} is encrypted and no passphrase was given: set repository.passphrase_file (a file of mode 0600 holding it), $M365BK_PASSPHRASE, or a systemd credential named repository-passphrase"
     )]
     PassphraseRequired {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -98,7 +98,7 @@ pub enum Error {
         "the passphrase does not open any key slot of repository {location}: check repository.passphrase_file / $M365BK_PASSPHRASE"
     )]
     WrongPassphrase {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -107,7 +107,7 @@ pub enum Error {
         "repository {location} is encrypted but has no readable key slot under keys/, so no passphrase can open it: restore keys/ from a copy of the repository"
     )]
     NoKeySlot {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -116,7 +116,7 @@ pub enum Error {
         "repository {location} is not encrypted (it was created with `m365bk init --no-encryption`), so it has no key slots"
     )]
     NotEncrypted {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
     },
 
@@ -323,7 +323,7 @@ pub enum Error {
         expires = holder.expires.format("%Y-%m-%d %H:%M:%S UTC"),
     )]
     RepositoryLocked {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
         /// The lock that was asked for.
         wanted: crate::LockKind,
@@ -338,7 +338,7 @@ pub enum Error {
         "the {kind} lock on repository {location} was last refreshed at {refreshed} and expires at {expires}: a prune may run once it has expired, so this {kind} stops before writing anything that could refer to data prune deletes; check that the repository is reachable, then run it again"
     )]
     LockLost {
-        /// The location as given.
+        /// The location: a local directory as its absolute path, a cloud URL as given.
         location: String,
         /// What the lock was for.
         kind: crate::LockKind,
@@ -371,6 +371,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// What is wrong, without the advice on what to run next that the display text ends with:
+    /// for `check`, whose report is that advice's answer (its lines would otherwise tell the
+    /// operator to run `m365bk check`). The same as the display text for errors without
+    /// advice.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::CorruptObject { kind, name, detail } => {
+                format!("{kind} {name} is corrupt ({detail})")
+            }
+            Error::MissingObject { kind, name } => {
+                format!("{kind} {name} is missing from the repository")
+            }
+            Error::BlobNotIndexed { id } => format!(
+                "blob {id} is in no index file (an index file is missing, or the backup that wrote it crashed before its index)"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// True if retrying the same operation later may succeed (a backend hiccup), false if the
     /// repository, its objects or the input are wrong.
     pub fn is_transient(&self) -> bool {

@@ -194,7 +194,13 @@ impl Repository {
             }
         }
         let store = parsed.open_store(backend)?;
-        Self::init_in(store, location, Some(&parsed), opts).await
+        Self::init_in(
+            store,
+            &shown_location(location, &parsed),
+            Some(&parsed),
+            opts,
+        )
+        .await
     }
 
     /// Like [`Repository::init`], on any object store (`location` is only used in messages).
@@ -301,15 +307,14 @@ impl Repository {
         passphrase: Option<SecretString>,
     ) -> Result<Repository> {
         let parsed = Location::parse(location)?;
+        let shown = shown_location(location, &parsed);
         if let Some(path) = parsed.local_path() {
             if !path.is_dir() {
-                return Err(Error::RepositoryNotFound {
-                    location: location.to_owned(),
-                });
+                return Err(Error::RepositoryNotFound { location: shown });
             }
         }
         let store = parsed.open_store(backend)?;
-        Self::open_in(store, location, Some(&parsed), passphrase).await
+        Self::open_in(store, &shown, Some(&parsed), passphrase).await
     }
 
     /// Like [`Repository::open`], on any object store (`location` is only used in messages).
@@ -440,7 +445,8 @@ impl Repository {
         &self.inner.config.id
     }
 
-    /// The location as given to `init`/`open`.
+    /// The location given to `init`/`open`: a local directory as its absolute path, a cloud
+    /// location as given.
     pub fn location(&self) -> &str {
         &self.inner.location
     }
@@ -779,6 +785,15 @@ impl RepoInner {
         }))
         .await
     }
+}
+
+/// How messages and [`Repository::location`] name a repository: a local one by its absolute
+/// directory (a relative `repository` would read "repository repository is encrypted …"), a
+/// cloud one by its URL as given.
+fn shown_location(input: &str, parsed: &Location) -> String {
+    parsed
+        .local_path()
+        .map_or_else(|| input.to_owned(), |p| p.display().to_string())
 }
 
 /// Fails with [`Error::ContainerNotFound`] if the store's bucket or container does not exist

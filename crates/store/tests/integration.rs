@@ -1427,6 +1427,59 @@ mod damage {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_pack_is_reported_as_missing_and_check_does_not_send_the_operator_to_check() {
+        let (dir, _snap_a, snap_b, _, pack_b) = two_snapshots_two_packs().await;
+        std::fs::remove_file(&pack_b).unwrap();
+        let repo = Repository::open(&loc(dir.path()), Some(pass()))
+            .await
+            .unwrap();
+        for opts in [CheckOptions::default(), CheckOptions::read_data()] {
+            let report = repo.check(opts).await.unwrap();
+            let p = report
+                .errors
+                .iter()
+                .find(|p| p.object.ends_with(&file_name(&pack_b)))
+                .unwrap_or_else(|| panic!("{:#?}", report.errors));
+            assert!(
+                p.problem.starts_with(
+                    "pack is missing: the index lists it but it is not in the repository;"
+                ),
+                "{}",
+                p.problem
+            );
+            assert_eq!(p.affected_snapshots, vec![snap_b.id]);
+            // B's item list lived in that pack: named, without the advice to run `check`.
+            let items = report
+                .errors
+                .iter()
+                .find(|p| p.object.ends_with(&snap_b.id.to_string()))
+                .unwrap_or_else(|| panic!("{:#?}", report.errors));
+            assert!(
+                items
+                    .problem
+                    .starts_with("item list unreadable: pack data/")
+                    && items.problem.ends_with("is missing from the repository"),
+                "{}",
+                items.problem
+            );
+            for p in &report.errors {
+                assert!(!p.problem.contains("run `m365bk check"), "{}", p.problem);
+            }
+        }
+        // Outside check, the error still says what to run.
+        let err = repo.load_items(&snap_b).await.unwrap_err();
+        assert!(err.to_string().contains("run `m365bk check`"), "{err}");
+        assert_eq!(
+            err.cause(),
+            format!(
+                "pack data/{}/{} is missing from the repository",
+                &file_name(&pack_b)[..2],
+                file_name(&pack_b)
+            )
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn missing_index_file_is_reported() {
         let (dir, snap_a, snap_b, _, _) = two_snapshots_two_packs().await;
         let mut index_files: Vec<_> = std::fs::read_dir(dir.path().join("index"))
@@ -1539,6 +1592,25 @@ mod locations {
             .unwrap_err();
         assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
         assert!(!missing.exists(), "open must not create anything");
+
+        // A relative path is named by its absolute directory (not "repository repository …"),
+        // and so is a file:// URL.
+        let relative = "m365bk-test-no-such-repository";
+        let err = Repository::open(relative, Some(pass())).await.unwrap_err();
+        let absolute = std::env::current_dir().unwrap().join(relative);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("no m365bk repository at {}: ", absolute.display())),
+            "{err}"
+        );
+        let err = Repository::open(&format!("file://{}", missing.display()), Some(pass()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("no m365bk repository at {}: ", missing.display())),
+            "{err}"
+        );
     }
 
     #[tokio::test]
