@@ -33,6 +33,9 @@ fn main() -> std::process::ExitCode {
     // for the backup operator only, whatever umask the shell had (the systemd unit sets the
     // same with UMask=0077).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Before any thread starts: one malloc arena per core, not glibc's eight, which each keep
+    // the store's freed buffers (see the function's docs for what it saves).
+    m365bk_store::limit_malloc_arenas();
     let opts = Opts::parse();
     init_logging(opts.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

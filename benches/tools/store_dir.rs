@@ -48,6 +48,8 @@ fn usage() -> ! {
 }
 
 fn main() -> Res<()> {
+    // As m365bk's own main does.
+    m365bk_store::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut jobs = 4usize;
     let mut source: Option<String> = None;

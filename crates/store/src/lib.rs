@@ -102,6 +102,7 @@ mod index_cache;
 mod keys;
 mod location;
 mod lock;
+mod malloc;
 mod pack;
 mod prune;
 mod repair;
@@ -130,6 +131,7 @@ pub use lock::{
     finish_lock_releases, LockInfo, LockKind, LockOptions, RepoLock, DEFAULT_LOCK_TTL,
     MAX_LOCK_TTL, MIN_LOCK_TTL,
 };
+pub use malloc::limit_malloc_arenas;
 pub use prune::{PruneOptions, PruneReport, DEFAULT_MAX_UNUSED_PERCENT};
 pub use repair::{DamagedPack, RepairReport};
 pub use repository::{
