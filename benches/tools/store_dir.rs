@@ -285,16 +285,10 @@ async fn restore_plan(
 }
 
 /// Restores with [`Repository::read_contents`]: all files' blobs pack by pack, each blob
-/// decoded once and written (`pwrite`) at its offset in every file that holds it. A file is
-/// created when its first piece arrives and closed when its last one is written.
+/// decoded once and written (`pwrite`) at its offset in every file that holds it, by one of
+/// [`WRITERS`] tasks. A file is created when its first piece arrives and closed when its last
+/// one is written.
 async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_json::Value> {
-    use std::os::unix::fs::FileExt;
-
-    struct Open {
-        paths: Vec<PathBuf>,
-        files: Vec<std::fs::File>,
-        remaining: u64,
-    }
     let (repo, snapshot, groups) = restore_plan(repo, target, source).await?;
     let mut contents = Vec::new();
     let mut open = Vec::new();
@@ -303,11 +297,11 @@ async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_j
         match content {
             Some(content) if !content.blobs.is_empty() => {
                 bytes += content.size * paths.len() as u64;
-                open.push(Open {
+                open.push(Some(Open {
                     paths,
                     files: Vec::new(),
                     remaining: content.size,
-                });
+                }));
                 contents.push(content);
             }
             _ => {
@@ -317,9 +311,58 @@ async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_j
             }
         }
     }
+    // Files are split between WRITERS tasks (content i to writer i % WRITERS), so the kernel's
+    // share of the restore (creating and writing files) runs on more than one thread: 0.73 s
+    // against 0.79 s with one writer (vs-restic corpus into a tmpfs, five runs each).
+    let mut tables: Vec<Vec<(usize, Open)>> = (0..WRITERS).map(|_| Vec::new()).collect();
+    for (i, o) in open.iter_mut().enumerate() {
+        tables[i % WRITERS].push((i, o.take().expect("set above")));
+    }
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for table in tables {
+        let (tx, rx) = tokio::sync::mpsc::channel::<m365bk_store::ContentPiece>(16);
+        senders.push(tx);
+        writers.push(tokio::spawn(write_pieces(table, rx)));
+    }
     let mut pieces = std::pin::pin!(repo.read_contents(&contents));
     while let Some(piece) = pieces.try_next().await? {
-        let file = &mut open[piece.content];
+        let writer = piece.content % WRITERS;
+        if senders[writer].send(piece).await.is_err() {
+            break; // that writer failed: its error is reported below
+        }
+    }
+    drop(senders);
+    for w in writers {
+        w.await??;
+    }
+    Ok(json!({ "snapshot": snapshot, "bytes": bytes }))
+}
+
+/// Tasks writing restored pieces at once (`restore`).
+const WRITERS: usize = 2;
+
+/// One restored file (and its copies) while its pieces arrive.
+struct Open {
+    paths: Vec<PathBuf>,
+    files: Vec<std::fs::File>,
+    remaining: u64,
+}
+
+/// Writes the pieces of the contents in `table` (content index, file) at their offsets: a file
+/// is created with its first piece and closed after its last. Fails if a content gets more
+/// bytes than its size, or fewer by the end.
+async fn write_pieces(
+    table: Vec<(usize, Open)>,
+    mut rx: tokio::sync::mpsc::Receiver<m365bk_store::ContentPiece>,
+) -> Res<()> {
+    use std::os::unix::fs::FileExt;
+
+    let mut table: std::collections::HashMap<usize, Open> = table.into_iter().collect();
+    while let Some(piece) = rx.recv().await {
+        let file = table
+            .get_mut(&piece.content)
+            .ok_or("a piece of no content")?;
         if file.files.is_empty() {
             for p in &file.paths {
                 file.files.push(std::fs::File::create(p)?);
@@ -333,10 +376,10 @@ async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_j
             .checked_sub(piece.data.len() as u64)
             .ok_or("more bytes than the content's size")?;
         if file.remaining == 0 {
-            file.files.clear();
+            table.remove(&piece.content);
         }
     }
-    if let Some(short) = open.iter().find(|f| f.remaining != 0) {
+    if let Some(short) = table.values().next() {
         return Err(format!(
             "{}: {} bytes missing",
             short.paths[0].display(),
@@ -344,7 +387,7 @@ async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_j
         )
         .into());
     }
-    Ok(json!({ "snapshot": snapshot, "bytes": bytes }))
+    Ok(())
 }
 
 /// Restores file by file with [`Repository::read_content`], `jobs` files at once (as the
