@@ -817,7 +817,12 @@ fn print_unreadable(unreadable: &[m365bk_store::UnreadableSnapshot], what_happen
 async fn ls(settings: &Settings, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
     let repo = open_repo(settings).await?;
     let snapshot = repo.find_snapshot(id).await?;
-    let items = repo.load_items(&snapshot).await?;
+    let items = repo.load_items(&snapshot).await.with_context(|| {
+        format!(
+            "cannot read the item list of snapshot {}",
+            snapshot.id.short()
+        )
+    })?;
     if json_out {
         println!("{}", serde_json::to_string(&items)?);
     } else {

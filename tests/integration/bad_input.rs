@@ -299,6 +299,29 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
         let got = content_set(&sim.export(&first_user).await, "drive", folder);
         assert_eq!(got, want_corrupt, "snapshot {id} restores the file again");
     }
+
+    // With the index files gone, `ls` names the snapshot whose item list it cannot read, the
+    // unindexed blob, and the causes including a repair that dropped it.
+    let index = env.repo.join("index");
+    let aside = env.repo.join("index-aside");
+    std::fs::rename(&index, &aside).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    let run = env.run(&["ls", &third_id]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot read the item list of snapshot {}: blob ",
+            &third_id[..8]
+        )) && run.stderr.contains("is in no index file")
+            && run
+                .stderr
+                .contains("`m365bk repair index` dropped it as damaged"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_dir(&index).unwrap();
+    std::fs::rename(&aside, &index).unwrap();
+    env.run(&["ls", &third_id]).await.ok();
 }
 
 fn walk_first_file(dir: &Path) -> PathBuf {

@@ -217,7 +217,7 @@ pub enum Error {
 
     /// A blob a snapshot refers to is listed in no index file.
     #[error(
-        "blob {id} is in no index file (an index file is missing, or the backup that wrote it crashed before its index): run `m365bk check` to list affected snapshots"
+        "blob {id} is in no index file (an index file is missing, the backup that wrote it crashed before its index, or `m365bk repair index` dropped it as damaged): run `m365bk check` to list affected snapshots"
     )]
     BlobNotIndexed {
         /// The blob's id.
@@ -384,7 +384,7 @@ impl Error {
                 format!("{kind} {name} is missing from the repository")
             }
             Error::BlobNotIndexed { id } => format!(
-                "blob {id} is in no index file (an index file is missing, or the backup that wrote it crashed before its index)"
+                "blob {id} is in no index file (an index file is missing, the backup that wrote it crashed before its index, or `m365bk repair index` dropped it as damaged)"
             ),
             other => other.to_string(),
         }
