@@ -409,8 +409,8 @@ def settle():
 
 
 def prewarm():
-    """Touches PREWARM_MIB of anonymous memory in a child process and frees it, so the phase
-    that follows gets memory the host has already backed.
+    """Touches PREWARM_MIB of anonymous memory (at most a quarter of MemAvailable) in a child
+    process and frees it, so the phase that follows gets memory the host has already backed.
 
     On a virtual machine whose balloon device reports free pages to the host (virtio-balloon
     free page reporting, as on the machines this was measured on), memory that has been free for
@@ -420,8 +420,19 @@ def prewarm():
     the tool measured second (m365bk) took the cold pages, and its restore needed 4.2 s of CPU
     time against 1.5 s on backed memory. Freed pages go back to the head of the free lists, so
     the phase allocates these first, whichever tool it runs."""
-    if PREWARM_MIB > 0:
-        subprocess.run([sys.executable, "-c", PREWARM_CHILD, str(PREWARM_MIB)], check=True)
+    # At most a quarter of the memory available, so it never pushes the corpus out of the page
+    # cache (`warm`) or the machine into swap.
+    mib = min(PREWARM_MIB, mem_available_mib() // 4)
+    if mib > 0:
+        subprocess.run([sys.executable, "-c", PREWARM_CHILD, str(mib)], check=True)
+
+
+def mem_available_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
 
 
 def ensure_restic():

@@ -55,3 +55,40 @@ fn systemd_units_verify() {
         );
     }
 }
+
+/// The workspace denies `unsafe_code` rather than forbidding it for one call (`mallopt` in
+/// crates/store/src/malloc.rs): no other source file may opt back in.
+#[test]
+fn unsafe_code_stays_in_the_one_audited_module() {
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    rust_files(&path, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for dir in ["src", "crates", "tests", "benches"] {
+        rust_files(&Path::new(ROOT).join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "found only {} Rust files", files.len());
+    let allowed = Path::new(ROOT).join("crates/store/src/malloc.rs");
+    let needle = ["allow(", "unsafe_code)"].concat();
+    let opted_in: Vec<String> = files
+        .iter()
+        .filter(|f| **f != allowed)
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains(&needle))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(opted_in.is_empty(), "unsafe code allowed in {opted_in:?}");
+    assert!(
+        std::fs::read_to_string(&allowed).unwrap().contains(&needle),
+        "the audited module moved: update this check"
+    );
+}

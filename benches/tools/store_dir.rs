@@ -289,6 +289,17 @@ async fn restore_plan(
 /// [`WRITERS`] tasks. A file is created when its first piece arrives and closed when its last
 /// one is written.
 async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_json::Value> {
+    // A file stays open from its first piece to its last, and pieces come in pack order: lift
+    // the soft limit on open files (often 1,024) to the hard one.
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Nofile, raised)?;
+    }
     let (repo, snapshot, groups) = restore_plan(repo, target, source).await?;
     let mut contents = Vec::new();
     let mut open = Vec::new();
@@ -333,8 +344,20 @@ async fn restore(repo: &str, target: &Path, source: Option<&str>) -> Res<serde_j
         }
     }
     drop(senders);
+    // Every writer's result: when one fails, the others stop short and report missing bytes,
+    // so the first error that is not such a shortfall is the cause.
+    let mut errors = Vec::new();
     for w in writers {
-        w.await??;
+        if let Err(e) = w.await? {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        let cause = errors
+            .iter()
+            .position(|e| !e.to_string().contains("bytes missing"))
+            .unwrap_or(0);
+        return Err(errors.swap_remove(cause));
     }
     Ok(json!({ "snapshot": snapshot, "bytes": bytes }))
 }

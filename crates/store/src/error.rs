@@ -464,3 +464,37 @@ pub(crate) fn http_status(err: &object_store::Error) -> Option<u16> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cause` is the display text without its advice: the two are written out separately, so
+    /// this catches one changed without the other.
+    #[test]
+    fn cause_is_the_start_of_the_display_text() {
+        let errors = [
+            Error::CorruptObject {
+                kind: "pack",
+                name: "data/ab/abcd".into(),
+                detail: "blob x fails authentication".into(),
+            },
+            Error::MissingObject {
+                kind: "pack",
+                name: "data/ab/abcd".into(),
+            },
+            Error::BlobNotIndexed {
+                id: crate::BlobId::from_bytes([7; 32]),
+            },
+        ];
+        for e in errors {
+            let (cause, shown) = (e.cause(), e.to_string());
+            assert!(shown.starts_with(&cause), "{shown:?} vs {cause:?}");
+            assert!(
+                shown.len() > cause.len() + 10,
+                "the display text adds advice: {shown}"
+            );
+            assert!(!cause.contains("run `m365bk"), "{cause}");
+        }
+    }
+}

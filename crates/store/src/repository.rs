@@ -788,12 +788,16 @@ impl RepoInner {
 }
 
 /// How messages and [`Repository::location`] name a repository: a local one by its absolute
-/// directory (a relative `repository` would read "repository repository is encrypted …"), a
-/// cloud one by its URL as given.
+/// directory, resolved if it exists (a relative `repository` would read "repository repository
+/// is encrypted …"), a cloud one by its URL as given.
 fn shown_location(input: &str, parsed: &Location) -> String {
-    parsed
-        .local_path()
-        .map_or_else(|| input.to_owned(), |p| p.display().to_string())
+    match parsed.local_path() {
+        Some(p) => std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string(),
+        None => input.to_owned(),
+    }
 }
 
 /// Fails with [`Error::ContainerNotFound`] if the store's bucket or container does not exist

@@ -553,8 +553,12 @@ mod read_many {
         assert!(err.to_string().contains(&file_name(&packs[0])), "{err}");
         assert!(err.to_string().contains("fails authentication"), "{err}");
 
-        // The same pack gone.
+        // The same pack gone. The stream ends at the error, even for a caller that goes on
+        // polling (the reads behind it are not handed out).
         std::fs::remove_file(&packs[0]).unwrap();
+        let everything: Vec<_> = futures::StreamExt::collect(repo.read_contents(&all)).await;
+        let first_err = everything.iter().position(|i| i.is_err()).unwrap();
+        assert_eq!(first_err, everything.len() - 1, "nothing after the error");
         let err = repo
             .read_contents(&all)
             .try_collect::<Vec<_>>()
@@ -1611,6 +1615,29 @@ mod locations {
                 .starts_with(&format!("no m365bk repository at {}: ", missing.display())),
             "{err}"
         );
+
+        // An existing repository opened by a relative path: the wrong-passphrase error and
+        // `location()` name its absolute directory.
+        Repository::init(&loc(dir.path()), opts()).await.unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = format!(
+            "{up}{}",
+            dir.path().display().to_string().trim_start_matches('/')
+        );
+        let err = Repository::open(&relative, Some(SecretString::from("wrong")))
+            .await
+            .unwrap_err();
+        let resolved = std::fs::canonicalize(dir.path()).unwrap();
+        assert!(
+            err.to_string().contains(&format!(
+                "any key slot of repository {}:",
+                resolved.display()
+            )),
+            "{err}"
+        );
+        let repo = Repository::open(&relative, Some(pass())).await.unwrap();
+        assert_eq!(Path::new(repo.location()), resolved);
     }
 
     #[tokio::test]
