@@ -526,6 +526,13 @@ mod read_many {
         );
     }
 
+    async fn first_error(repo: &Repository, contents: &[ContentRef]) -> Error {
+        repo.read_contents(contents)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_or_damaged_pack_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -541,11 +548,7 @@ mod read_many {
         let mut flipped = original.clone();
         flipped[8 + 100] ^= 0x01;
         std::fs::write(&packs[0], &flipped).unwrap();
-        let err = repo
-            .read_contents(&all)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        let err = first_error(&repo, &all).await;
         assert!(
             matches!(err, Error::CorruptObject { kind: "pack", .. }),
             "{err}"
@@ -559,11 +562,7 @@ mod read_many {
         let everything: Vec<_> = futures::StreamExt::collect(repo.read_contents(&all)).await;
         let first_err = everything.iter().position(|i| i.is_err()).unwrap();
         assert_eq!(first_err, everything.len() - 1, "nothing after the error");
-        let err = repo
-            .read_contents(&all)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        let err = first_error(&repo, &all).await;
         assert!(
             matches!(err, Error::MissingObject { kind: "pack", .. }),
             "{err}"
