@@ -524,18 +524,24 @@ def measure(tool: str, corpus: Path, work: Path, restic: str, store_dir: Path, j
 
 def main():
     global PREWARM_MIB
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", default=str(ROOT / ".cache" / "vs-restic"))
-    ap.add_argument("--size-mib", type=int, default=1200)
-    ap.add_argument("--jobs", type=int, default=4, help="m365bk files at once (the workers' default)")
+    ap = argparse.ArgumentParser(
+        description="Backs up, incrementally backs up and restores the same M365-like corpus with "
+        "m365bk's storage core and with restic, and prints the ratios (README: Benchmarks).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "vs-restic"),
+                    help="where the corpus, the repositories and the last result are kept")
+    ap.add_argument("--size-mib", type=int, default=1200, help="corpus size on day 1, in MiB")
+    ap.add_argument("--jobs", type=int, default=4,
+                    help="m365bk files backed up (and restored with --by-file) at once, as the workers do")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
     ap.add_argument("--only", choices=["restic", "m365bk"], help="run one tool only")
     ap.add_argument("--restore-dir", help="restore into DIR (default: the work directory); "
                     "e.g. a tmpfs, to measure the tools rather than the file system's inode "
                     "allocation, which dominates both tools' restore on some ext4 set-ups")
     ap.add_argument("--prewarm-mib", type=int, default=PREWARM_MIB,
-                    help="MiB of memory touched and freed right before each timed phase, so both "
-                    "tools get memory the host has backed (0: off; see prewarm())")
+                    help="MiB of memory touched and freed right before each timed phase (at most a "
+                    "quarter of what is available), so both tools get memory a virtual machine's host "
+                    "has backed; 0 turns it off")
     ap.add_argument("--build-corpus-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     PREWARM_MIB = args.prewarm_mib

@@ -820,7 +820,7 @@ async fn ls(settings: &Settings, id: &str, json_out: bool) -> anyhow::Result<Exi
     let items = repo.load_items(&snapshot).await.with_context(|| {
         format!(
             "cannot read the item list of snapshot {}",
-            snapshot.id.short()
+            short(&snapshot.id.to_string())
         )
     })?;
     if json_out {
@@ -1231,7 +1231,7 @@ async fn repair_index(
     }
     if report.packs_reindexed > 0 {
         changes.push(format!(
-            "{} pack(s) no index file listed added",
+            "{} pack(s) that no index file listed indexed again",
             report.packs_reindexed
         ));
     }

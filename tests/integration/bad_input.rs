@@ -311,7 +311,7 @@ async fn bad_config_unreachable_authority_wrong_secret_corrupt_pack() {
     assert!(
         run.stderr.contains(&format!(
             "cannot read the item list of snapshot {}: blob ",
-            &third_id[..8]
+            &third_id[..12]
         )) && run.stderr.contains("is in no index file")
             && run
                 .stderr
