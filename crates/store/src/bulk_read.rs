@@ -19,23 +19,21 @@ use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::index::{Located, PackInfo};
 use crate::pack::pack_path;
-use crate::repository::{decode_located, read_stored, RepoInner, Repository};
+use crate::repository::{
+    decode_located, decodes_inline, read_stored, RepoInner, Repository, MAX_RUN_BYTES,
+};
 use crate::snapshot::ContentRef;
 
-/// Largest ranged read [`Repository::read_contents`] makes (stored bytes, gaps included): as
-/// `read_content`'s runs. 2 MiB made no measurable difference to the restore time of the
-/// vs-restic corpus and raised its peak RSS by 5-13 MiB.
-const READ_BYTES: u64 = 1024 * 1024;
+/// Largest ranged read [`Repository::read_contents`] makes (stored bytes, gaps included): the
+/// size of `read_content`'s runs. 2 MiB made no measurable difference to the restore time of
+/// the vs-restic corpus and raised its peak RSS by 5-13 MiB.
+const READ_BYTES: u64 = MAX_RUN_BYTES;
 /// Bytes between two wanted blobs of a pack that are read rather than split into two reads:
 /// fetching a few unwanted bytes costs less than another request.
 const MAX_GAP_BYTES: u64 = 64 * 1024;
 /// Reads fetched and decoded at once, ahead of the consumer (restore of the vs-restic corpus:
 /// 0.79 s with 8, 0.84 s with 4; 12 was no faster).
 const READ_AHEAD: usize = 8;
-/// Reads whose stored bytes, and whose blobs' plaintext, are at most this long are decoded on
-/// the async thread (as `read_content` does for small blobs): a hop to the compute pool costs
-/// more.
-const DECODE_INLINE_BYTES: u64 = 64 * 1024;
 
 /// A piece of one of the contents given to [`Repository::read_contents`]: the plaintext of one
 /// blob, at `offset` bytes into content number `content`.
@@ -209,8 +207,8 @@ async fn fetch(inner: &Arc<RepoInner>, read: PlannedRead) -> Result<Vec<ContentP
         .iter()
         .map(|w| u64::from(w.located.entry.raw_len))
         .sum();
-    let inline =
-        read.range.end - read.range.start <= DECODE_INLINE_BYTES && raw <= DECODE_INLINE_BYTES;
+    // Decoded on the async thread under the same limits as `read_content`'s small blobs.
+    let inline = decodes_inline(read.range.end - read.range.start, raw);
     let inner = inner.clone();
     let decode = move || -> Result<Vec<ContentPiece>> {
         let path = pack_path(&read.pack.id);

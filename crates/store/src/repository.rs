@@ -33,7 +33,7 @@ const READ_AHEAD_RUNS: usize = 4;
 /// than the four largest chunks did when blobs were read one by one. 4 MiB runs made no
 /// difference to the restore time of the vs-restic corpus but raised its peak RSS from 70 to
 /// 101-113 MiB.
-const MAX_RUN_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_RUN_BYTES: u64 = 1024 * 1024;
 /// Snapshot or index objects fetched concurrently when listing.
 const LIST_CONCURRENCY: usize = 8;
 
@@ -976,7 +976,13 @@ pub(crate) async fn read_stored(
 /// Blobs this small (stored and decoded) are decoded on the async thread: a hop to the compute
 /// pool and back costs more than opening, decompressing and hashing them (most mail messages
 /// are one such blob).
-const DECODE_INLINE_BYTES: usize = 64 * 1024;
+const DECODE_INLINE_BYTES: u64 = 64 * 1024;
+
+/// Whether stored bytes of `stored` length holding `raw` bytes of plaintext are decoded on the
+/// async thread ([`DECODE_INLINE_BYTES`]) rather than on the compute pool.
+pub(crate) fn decodes_inline(stored: u64, raw: u64) -> bool {
+    stored <= DECODE_INLINE_BYTES && raw <= DECODE_INLINE_BYTES
+}
 
 /// Decodes one blob's stored bytes, verifying its keyed hash: on the compute pool, or inline if
 /// it is small ([`DECODE_INLINE_BYTES`]).
@@ -987,9 +993,7 @@ async fn decode_stored(
     located: Located,
     stored: BytesMut,
 ) -> Result<Bytes> {
-    let small = stored.len() <= DECODE_INLINE_BYTES
-        && located.entry.raw_len as usize <= DECODE_INLINE_BYTES;
-    if small {
+    if decodes_inline(stored.len() as u64, u64::from(located.entry.raw_len)) {
         return decode_located(codec, key, path, located, stored);
     }
     let key = Zeroizing::new(*key);
